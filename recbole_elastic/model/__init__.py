@@ -1,0 +1,3 @@
+from recbole_elastic.model.elastic import ELASTIC
+
+__all__ = ["ELASTIC"]

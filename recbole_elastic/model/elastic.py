@@ -1,0 +1,228 @@
+"""
+ELASTIC
+################################################
+
+Reference:
+    Chao Deng et al. "ELASTIC: Efficient Linear Attention for SequenTial Interest Compression."
+    arXiv 2408.09380, 2024.
+
+Reference:
+    Guillaume Lample et al. "Large Memory Layers with Product Keys." NeurIPS 2019 (the interest memory).
+
+The paper publishes no code. Where its method section is silent we chose as follows (each is a
+hyperparameter in ``properties/model/ELASTIC.yaml`` where it matters):
+
+* Input: item embedding (padding index 0) + learned absolute position embedding, LayerNorm, dropout (as SASRec).
+* Interest Memory Retrieval (IMR): the retrieval query is the masked mean of the non-padding input embeddings,
+  passed through a two-layer MLP and (``memory_query_batchnorm``) BatchNorm. There is one product-key retrieval
+  head per interest token (``n_interests`` heads), each with its own ``memory_key_dim``-sized query and two
+  sub-key tables of ``memory_keys`` rows; head h keeps its ``memory_topk`` best of the ``memory_keys ** 2``
+  slots and its interest token is the softmax(score)-weighted sum of their values. Slot values are shared by all
+  heads. ``use_interest_memory: False`` replaces IMR by ``n_interests`` learnable tokens shared by all users.
+* Linear Dispatcher Attention (LDA): ``n_layers`` blocks; each aggregates (interests attend to the sequence,
+  padding masked) then dispatches (the sequence attends to the interests). Both stages are multi-head
+  (``n_heads``), have separate projections, residual + LayerNorm (post-LN) and a position-wise FFN
+  (``inner_size``, ``hidden_act``), with SASRec's dropouts. Interest tokens carry over from block to block.
+* Readout: the last block's output at position ``item_seq_len - 1``; that block dispatches only this position.
+  Attention is not causal: under RecBole's prefix augmentation each sample holds only the items before its
+  target, so nothing leaks. No N x N tensor is ever built.
+"""
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.loss import BPRLoss
+
+from recbole_elastic.errors import ConfigError
+from recbole_elastic.model.layers import LinearDispatcherBlock, ProductKeyInterestMemory
+
+HIDDEN_ACTIVATIONS = ("gelu", "relu", "swish", "tanh", "sigmoid")
+
+
+def check_hyperparameters(config) -> None:
+    """Raise :class:`ConfigError` naming the first ELASTIC hyperparameter outside its allowed range."""
+
+    def require(key: str, valid: bool, allowed: str) -> None:
+        if not valid:
+            raise ConfigError(
+                f"ELASTIC hyperparameter `{key}` = {config[key]!r} is invalid: it must be {allowed}. "
+                f"Set it in your config file or on the command line (--{key}=...)."
+            )
+
+    def is_int(key: str, minimum: int) -> bool:
+        value = config[key]
+        return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+    def is_probability(key: str) -> bool:
+        value = config[key]
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+
+    for key in ("n_layers", "n_heads", "hidden_size", "inner_size", "n_interests"):
+        require(key, is_int(key, 1), "an integer >= 1")
+    require("hidden_size", config["hidden_size"] % config["n_heads"] == 0, f"divisible by n_heads={config['n_heads']}")
+    for key in ("hidden_dropout_prob", "attn_dropout_prob"):
+        require(key, is_probability(key), "a number in [0, 1)")
+    require("hidden_act", config["hidden_act"] in HIDDEN_ACTIVATIONS, f"one of {list(HIDDEN_ACTIVATIONS)}")
+    require("loss_type", config["loss_type"] in ("CE", "BPR"), "one of ['CE', 'BPR']")
+    require("use_interest_memory", isinstance(config["use_interest_memory"], bool), "True or False")
+    if config["use_interest_memory"]:
+        require("memory_keys", is_int("memory_keys", 1), "an integer >= 1 (the bank holds memory_keys ** 2 slots)")
+        require("memory_topk", is_int("memory_topk", 1), "an integer >= 1")
+        require(
+            "memory_topk",
+            config["memory_topk"] <= config["memory_keys"],
+            f"<= memory_keys={config['memory_keys']} (top-k is taken over each sub-key table)",
+        )
+        require(
+            "memory_key_dim",
+            is_int("memory_key_dim", 2) and config["memory_key_dim"] % 2 == 0,
+            "an even integer >= 2 (the query is split in two halves)",
+        )
+
+
+class ELASTIC(SequentialRecommender):
+    r"""ELASTIC: linear dispatcher attention over interest tokens retrieved from a product-key interest memory.
+
+    See the module docstring for the architecture and every choice the paper leaves open.
+    """
+
+    def __init__(self, config, dataset):
+        super(ELASTIC, self).__init__(config, dataset)
+        check_hyperparameters(config)
+
+        # load parameters info
+        self.n_layers = config["n_layers"]
+        self.n_heads = config["n_heads"]
+        self.hidden_size = config["hidden_size"]  # same as embedding_size
+        self.inner_size = config["inner_size"]  # the dimensionality in feed-forward layer
+        self.hidden_dropout_prob = config["hidden_dropout_prob"]
+        self.attn_dropout_prob = config["attn_dropout_prob"]
+        self.hidden_act = config["hidden_act"]
+        self.layer_norm_eps = config["layer_norm_eps"]
+        self.initializer_range = config["initializer_range"]
+        self.loss_type = config["loss_type"]
+        self.n_interests = config["n_interests"]
+        self.use_interest_memory = config["use_interest_memory"]
+
+        # define layers and loss
+        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
+        self.dropout = nn.Dropout(self.hidden_dropout_prob)
+
+        if self.use_interest_memory:
+            self.interest_memory = ProductKeyInterestMemory(
+                hidden_size=self.hidden_size,
+                n_heads=self.n_interests,
+                n_keys=config["memory_keys"],
+                topk=config["memory_topk"],
+                key_dim=config["memory_key_dim"],
+                query_batchnorm=config["memory_query_batchnorm"],
+                initializer_range=self.initializer_range,
+            )
+        else:
+            self.shared_interests = nn.Parameter(torch.empty(self.n_interests, self.hidden_size))
+
+        self.dispatcher_blocks = nn.ModuleList(
+            LinearDispatcherBlock(
+                hidden_size=self.hidden_size,
+                n_heads=self.n_heads,
+                inner_size=self.inner_size,
+                hidden_dropout_prob=self.hidden_dropout_prob,
+                attn_dropout_prob=self.attn_dropout_prob,
+                hidden_act=self.hidden_act,
+                layer_norm_eps=self.layer_norm_eps,
+            )
+            for _ in range(self.n_layers)
+        )
+
+        if self.loss_type == "BPR":
+            self.loss_fct = BPRLoss()
+        else:
+            self.loss_fct = nn.CrossEntropyLoss()
+
+        # parameters initialization
+        self.apply(self._init_weights)
+        if not self.use_interest_memory:
+            nn.init.normal_(self.shared_interests, mean=0.0, std=self.initializer_range)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialize the weights as SASRec (the interest memory initialises its own keys and values)."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    def embed_sequence(self, item_seq: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Input embeddings ``[B, N, H]`` and the mask of real (non-padding) positions ``[B, N]``."""
+        position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
+        input_emb = self.item_embedding(item_seq) + self.position_embedding(position_ids).unsqueeze(0)
+        sequence = self.dropout(self.LayerNorm(input_emb))
+        sequence_mask = item_seq != 0
+        # RecBole left-aligns sequences, so position 0 is real whenever the sequence is not empty; keeping it
+        # visible for an empty one avoids an all-masked softmax (NaN).
+        sequence_mask[:, 0] = True
+        return sequence, sequence_mask
+
+    def retrieve_interests(self, sequence: torch.Tensor, sequence_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Initial interest tokens ``[B, k, H]`` and the memory slots they came from ``[B, k, memory_topk]``."""
+        mask = sequence_mask.unsqueeze(-1).to(sequence.dtype)
+        summary = (sequence * mask).sum(1) / mask.sum(1)
+        return self.interest_memory(summary)
+
+    def initial_interests(self, sequence: torch.Tensor, sequence_mask: torch.Tensor) -> torch.Tensor:
+        """The k interest tokens ``[B, k, H]`` each user starts the first block with."""
+        if self.use_interest_memory:
+            return self.retrieve_interests(sequence, sequence_mask)[0]
+        return self.shared_interests.unsqueeze(0).expand(sequence.size(0), -1, -1)
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        sequence, sequence_mask = self.embed_sequence(item_seq)
+        interests = self.initial_interests(sequence, sequence_mask)
+        readout_index = (item_seq_len - 1).clamp(min=0)
+        last = len(self.dispatcher_blocks) - 1
+        for i, block in enumerate(self.dispatcher_blocks):
+            sequence, interests = block(
+                sequence, interests, sequence_mask, readout_index=readout_index if i == last else None
+            )
+        return sequence.squeeze(1)  # [B H]
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        seq_output = self.forward(item_seq, item_seq_len)
+        pos_items = interaction[self.POS_ITEM_ID]
+        if self.loss_type == "BPR":
+            neg_items = interaction[self.NEG_ITEM_ID]
+            pos_score = torch.sum(seq_output * self.item_embedding(pos_items), dim=-1)  # [B]
+            neg_score = torch.sum(seq_output * self.item_embedding(neg_items), dim=-1)  # [B]
+            return self.loss_fct(pos_score, neg_score)
+        logits = torch.matmul(seq_output, self.item_embedding.weight.transpose(0, 1))
+        return self.loss_fct(logits, pos_items)
+
+    def predict(self, interaction) -> torch.Tensor:
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        test_item = interaction[self.ITEM_ID]
+        seq_output = self.forward(item_seq, item_seq_len)
+        return torch.mul(seq_output, self.item_embedding(test_item)).sum(dim=1)  # [B]
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        seq_output = self.forward(item_seq, item_seq_len)
+        return torch.matmul(seq_output, self.item_embedding.weight.transpose(0, 1))  # [B n_items]
+
+    @torch.no_grad()
+    def memory_slots(self, interaction) -> torch.Tensor:
+        """The interest-memory slots retrieved for each user ``[B, k, memory_topk]`` (for usage statistics)."""
+        if not self.use_interest_memory:
+            raise ValueError("memory_slots needs use_interest_memory=True")
+        sequence, sequence_mask = self.embed_sequence(interaction[self.ITEM_SEQ])
+        return self.retrieve_interests(sequence, sequence_mask)[1]
