@@ -4,8 +4,9 @@ Each shim is scoped to the smallest thing that needs it:
 
 * numpy 2 removed ``np.float_``, ``np.complex_``, ``np.unicode_`` and ``np.bool8``. RecBole's
   ``Config.compatibility_settings`` reads the first three on every construction and ray 2.6.3 (imported by
-  ``recbole.quick_start``) reads ``np.bool8``. We put the old names back as aliases of the same dtypes; numpy
-  1.x already has them, so nothing changes there.
+  ``recbole.quick_start``) reads ``np.bool8``. We put the old names back as aliases of the same dtypes (numpy
+  1.x already has them, so nothing changes there), then make the aliases RecBole's metrics use (``np.float``...)
+  exactly as RecBole's own Config does.
 * torch >= 2.6 loads with ``weights_only=True`` by default, but RecBole checkpoints pickle the whole Config.
   We do *not* flip the process-wide default: only RecBole's own checkpoint readers (``recbole.trainer.trainer``
   and ``recbole.quick_start.quick_start``) see a ``torch`` whose ``load`` defaults to ``weights_only=False``.
@@ -31,10 +32,17 @@ _NUMPY_ALIASES = {
 
 
 def restore_numpy_aliases() -> None:
-    """Define the numpy names RecBole 1.2.1 and ray 2.6.3 still use, if this numpy removed them."""
+    """Define the numpy names RecBole 1.2.1 and ray 2.6.3 still use, if this numpy removed them.
+
+    Then run RecBole's own ``Config.compatibility_settings`` (``np.float = np.float_``, ...), which RecBole only
+    runs when a Config is constructed: code paths that unpickle a Config from a checkpoint need it as well.
+    """
     for old_name, current_name in _NUMPY_ALIASES.items():
         if old_name not in np.__dict__:
             setattr(np, old_name, getattr(np, current_name))
+    from recbole.config import Config
+
+    Config.compatibility_settings(None)
 
 
 class _CheckpointTorch(types.ModuleType):

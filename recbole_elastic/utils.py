@@ -47,10 +47,16 @@ def get_model(model_name: str) -> Type[AbstractRecommender]:
     if model_name in models:
         return models[model_name]
     for package in RECBOLE_MODEL_PACKAGES:
-        module_path = f"recbole.model.{package}.{model_name.lower()}"
-        if importlib.util.find_spec(module_path, __name__) is None:
+        # Look for the file first: importing exlib_recommender itself needs lightgbm and xgboost.
+        if not os.path.isfile(os.path.join(RECBOLE_DIR, "model", package, f"{model_name.lower()}.py")):
             continue
-        model_class = getattr(importlib.import_module(module_path), model_name, None)
+        try:
+            module = importlib.import_module(f"recbole.model.{package}.{model_name.lower()}")
+        except ImportError as error:
+            raise UnknownModelError(
+                f"RecBole model '{model_name}' needs a package that is not installed ({error}); install it with pip."
+            ) from error
+        model_class = getattr(module, model_name, None)
         if model_class is not None:
             return model_class
     known = sorted(set(models) | set(recbole_model_names()))

@@ -1,0 +1,100 @@
+"""Shared fixtures: models built without a dataset, and a tiny generated RecBole dataset."""
+
+import os
+import random
+from typing import Any, Dict
+
+import pytest
+
+import recbole_elastic  # noqa: F401  (installs the compatibility shims before RecBole is used)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SEQUENTIAL_FIELDS = {
+    "USER_ID_FIELD": "user_id",
+    "ITEM_ID_FIELD": "item_id",
+    "LIST_SUFFIX": "_list",
+    "ITEM_LIST_LENGTH_FIELD": "item_length",
+    "NEG_PREFIX": "neg_",
+    "device": "cpu",
+}
+
+
+class StandInConfig(dict):
+    """What a RecBole model reads from its Config: ``config[key]``, None when missing."""
+
+    def __getitem__(self, key: str) -> Any:
+        return self.get(key)
+
+
+class StandInDataset:
+    """What SequentialRecommender reads from its dataset: the number of item ids (padding 0 included)."""
+
+    def __init__(self, n_items: int) -> None:
+        self.n_items = n_items
+
+    def num(self, field: str) -> int:
+        return self.n_items
+
+
+def load_model_defaults(model_name: str) -> Dict[str, Any]:
+    import yaml
+
+    path = os.path.join(REPO_ROOT, "recbole_elastic", "properties", "model", f"{model_name}.yaml")
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def build_model(model_class, n_items: int = 30, max_len: int = 20, **overrides):
+    """A model of ``model_class`` with its YAML defaults, without any RecBole dataset."""
+    config = StandInConfig(SEQUENTIAL_FIELDS)
+    config.update(load_model_defaults(model_class.__name__))
+    config["layer_norm_eps"] = float(config["layer_norm_eps"])
+    config["MAX_ITEM_LIST_LENGTH"] = max_len
+    config.update(overrides)
+    return model_class(config, StandInDataset(n_items))
+
+
+def write_tiny_dataset(root: str, name: str = "tiny", n_users: int = 40, n_items: int = 60, seed: int = 0) -> str:
+    """Write ``root/name/name.inter`` (user_id, item_id, timestamp) and return ``root``."""
+    rng = random.Random(seed)
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for user in range(1, n_users + 1):
+        for step in range(rng.randint(6, 14)):
+            lines.append(f"{user}\t{rng.randint(1, n_items)}\t{1_000_000 + user * 100 + step}")
+    with open(os.path.join(folder, f"{name}.inter"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return root
+
+
+def tiny_run_config(data_path: str, **overrides) -> Dict[str, Any]:
+    """A config_dict that trains a small model for one epoch on the tiny dataset in seconds."""
+    config = {
+        "data_path": data_path,
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "MAX_ITEM_LIST_LENGTH": 10,
+        "epochs": 1,
+        "train_batch_size": 64,
+        "eval_batch_size": 256,
+        "hidden_size": 16,
+        "inner_size": 32,
+        "n_interests": 4,
+        "memory_keys": 8,
+        "memory_topk": 2,
+        "memory_key_dim": 8,
+        "show_progress": False,
+        "checkpoint_dir": os.path.join(data_path, "saved"),
+        "seed": 7,
+        "gpu_id": "",
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture
+def tiny_data(tmp_path, monkeypatch) -> str:
+    """A tiny generated dataset named 'tiny'; the test runs in tmp_path so RecBole's log folders land there."""
+    monkeypatch.chdir(tmp_path)
+    return write_tiny_dataset(str(tmp_path / "data"))

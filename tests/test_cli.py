@@ -1,0 +1,47 @@
+"""The command line's answers to a missing dataset and an unknown model: one clear message, exit status 2."""
+
+import os
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+SCRIPT = os.path.join(REPO_ROOT, "run_recbole_elastic.py")
+
+
+def run_cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args], capture_output=True, text=True, cwd=cwd, timeout=300,
+        env={**os.environ, "PYTHONPATH": REPO_ROOT},
+    )
+
+
+def test_missing_dataset_gets_one_clear_message(tmp_path):
+    process = run_cli("--dataset=no-such-data", f"--data_path={tmp_path}", cwd=tmp_path)
+    assert process.returncode == 2
+    assert "Traceback" not in process.stderr
+    message = process.stderr
+    assert "Dataset 'no-such-data' not found" in message
+    assert os.path.join(str(tmp_path), "no-such-data", "no-such-data.inter") in message
+    assert "data_path" in message
+
+
+def test_known_dataset_that_cannot_be_downloaded_is_explained_and_leaves_nothing(tmp_path, monkeypatch):
+    # No network in CI: the download fails, and the half-made folder is removed.
+    process = run_cli("--dataset=amazon-beauty", f"--data_path={tmp_path}", cwd=tmp_path)
+    if process.returncode == 0:  # pragma: no cover - only with network access
+        return
+    assert process.returncode == 2, process.stderr[-2000:]
+    assert "Traceback" not in process.stderr
+    assert "Dataset 'amazon-beauty' not found" in process.stderr
+    assert "downloading it from" in process.stderr
+    assert not os.path.exists(tmp_path / "amazon-beauty")
+
+
+def test_unknown_model_gets_one_clear_message(tmp_path):
+    process = run_cli("--model=SASrec", cwd=tmp_path)
+    assert process.returncode == 2
+    assert "Traceback" not in process.stderr
+    assert "Unknown model 'SASrec'" in process.stderr
+    assert "SASRec" in process.stderr  # the closest known name
+    assert "No module named" not in process.stderr
