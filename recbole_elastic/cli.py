@@ -8,7 +8,7 @@ from recbole_elastic.errors import ElasticError
 
 # The embedded default finishes in about 15 minutes on 2 CPU cores; pass --epochs=300 (RecBole's default, with
 # early stopping) to train fully.
-QUICK_START_BUDGET = {"epochs": 10}
+QUICK_START_BUDGET = {"epochs": 8}
 
 
 def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:

@@ -7,6 +7,7 @@ import shutil
 from logging import getLogger
 from typing import Dict, List, Optional, Type
 
+import torch
 import yaml
 
 import recbole
@@ -50,12 +51,17 @@ def get_model(model_name: str) -> Type[AbstractRecommender]:
         # Look for the file first: importing exlib_recommender itself needs lightgbm and xgboost.
         if not os.path.isfile(os.path.join(RECBOLE_DIR, "model", package, f"{model_name.lower()}.py")):
             continue
+        anomaly_detection = torch.is_anomaly_enabled()
         try:
             module = importlib.import_module(f"recbole.model.{package}.{model_name.lower()}")
         except ImportError as error:
             raise UnknownModelError(
                 f"RecBole model '{model_name}' needs a package that is not installed ({error}); install it with pip."
             ) from error
+        finally:
+            # Importing any sequential model imports RecBole's sine.py, which switches autograd anomaly detection
+            # on for the whole process and halves training speed; keep the caller's setting.
+            torch.autograd.set_detect_anomaly(anomaly_detection)
         model_class = getattr(module, model_name, None)
         if model_class is not None:
             return model_class

@@ -5,6 +5,10 @@ import random
 from typing import Any, Dict
 
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from recbole.data.interaction import Interaction
 
 import recbole_elastic  # noqa: F401  (installs the compatibility shims before RecBole is used)
 
@@ -98,3 +102,39 @@ def tiny_data(tmp_path, monkeypatch) -> str:
     """A tiny generated dataset named 'tiny'; the test runs in tmp_path so RecBole's log folders land there."""
     monkeypatch.chdir(tmp_path)
     return write_tiny_dataset(str(tmp_path / "data"))
+
+
+def padded_batch(sequences, width: int) -> Interaction:
+    """An interaction of left-aligned item sequences right-padded with 0 to ``width``."""
+    item_seq = torch.zeros(len(sequences), width, dtype=torch.long)
+    for row, items in enumerate(sequences):
+        item_seq[row, : len(items)] = torch.tensor(items)
+    return Interaction({"item_id_list": item_seq, "item_length": torch.tensor([len(s) for s in sequences])})
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an operation produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(tensor, torch.Tensor):
+                self.largest = max(self.largest, tensor.numel())
+        return out
+
+
+PADDING_SEQUENCES = [[3, 5, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [11], [4, 4, 9, 21, 13]]
+
+
+def scores_at_two_paddings(model):
+    """``full_sort_predict`` of the same sequences right-padded to width 10 and to width 20 (eval mode)."""
+    model.eval()
+    with torch.no_grad():
+        return (
+            model.full_sort_predict(padded_batch(PADDING_SEQUENCES, 10)),
+            model.full_sort_predict(padded_batch(PADDING_SEQUENCES, 20)),
+        )

@@ -2,34 +2,20 @@
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-
-from recbole.data.interaction import Interaction
 
 from recbole_elastic.errors import ConfigError
 from recbole_elastic.model import ELASTIC
 from recbole_elastic.model.layers import LinearDispatcherBlock, ProductKeyInterestMemory
 
-from conftest import build_model
+from conftest import LargestTensor, PADDING_SEQUENCES as SEQUENCES, build_model, padded_batch, scores_at_two_paddings
 
 
-def padded_batch(sequences, width):
-    item_seq = torch.zeros(len(sequences), width, dtype=torch.long)
-    for row, items in enumerate(sequences):
-        item_seq[row, : len(items)] = torch.tensor(items)
-    return Interaction({"item_id_list": item_seq, "item_length": torch.tensor([len(s) for s in sequences])})
-
-
-SEQUENCES = [[3, 5, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [11], [4, 4, 9, 21, 13]]
 
 
 @pytest.mark.parametrize("use_interest_memory", [True, False])
 def test_more_right_padding_gives_the_same_scores(use_interest_memory):
     torch.manual_seed(0)
-    model = build_model(ELASTIC, use_interest_memory=use_interest_memory).eval()
-    with torch.no_grad():
-        narrow = model.full_sort_predict(padded_batch(SEQUENCES, 10))
-        wide = model.full_sort_predict(padded_batch(SEQUENCES, 20))
+    narrow, wide = scores_at_two_paddings(build_model(ELASTIC, use_interest_memory=use_interest_memory))
     assert torch.allclose(narrow, wide, atol=1e-5)
 
 
@@ -89,20 +75,6 @@ def test_product_key_topk_equals_brute_force_over_all_slots():
     assert torch.equal(slots, brute_slots)
 
 
-class LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an operation produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(tensor, torch.Tensor):
-                self.largest = max(self.largest, tensor.numel())
-        return out
-
 
 def test_retrieval_cost_grows_with_n_not_n_squared():
     largest = {}
@@ -140,31 +112,18 @@ def test_model_gradients_reach_the_interest_memory():
     assert model.interest_memory.values.weight.grad.abs().sum() > 0
 
 
-def test_predict_works_for_a_batch_of_one_in_training_mode():
-    model = build_model(ELASTIC).train()
-    batch = padded_batch(SEQUENCES[:1], 10)
-    batch.interaction["item_id"] = torch.tensor([2])
-    assert model.predict(batch).shape == (1,)
-
-
 @pytest.mark.parametrize(
     "key, value, fragment",
     [
         ("n_interests", 0, "an integer >= 1"),
-        ("n_layers", 0, "an integer >= 1"),
-        ("hidden_size", 30, "divisible by n_heads"),
+        ("memory_keys", 0, "an integer >= 1"),
         ("memory_topk", 100, "<= memory_keys"),
         ("memory_key_dim", 7, "even integer"),
-        ("loss_type", "MSE", "['CE', 'BPR']"),
-        ("hidden_dropout_prob", 1.5, "[0, 1)"),
-        ("hidden_act", "mish", "one of"),
+        ("use_interest_memory", "yes", "True or False"),
     ],
 )
-def test_bad_hyperparameter_names_the_key(key, value, fragment):
-    overrides = {key: value}
-    if key == "hidden_size":
-        overrides["n_heads"] = 4
+def test_bad_memory_hyperparameter_names_the_key(key, value, fragment):
     with pytest.raises(ConfigError) as error:
-        build_model(ELASTIC, **overrides)
-    assert f"`{key}`" in str(error.value)
-    assert fragment in str(error.value)
+        build_model(ELASTIC, **{key: value})
+    message = str(error.value)
+    assert "ELASTIC" in message and f"`{key}`" in message and fragment in message

@@ -33,86 +33,53 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from recbole.model.abstract_recommender import SequentialRecommender
-from recbole.model.loss import BPRLoss
-
-from recbole_elastic.errors import ConfigError
+from recbole_elastic.model.abstract import DotProductSequentialRecommender
+from recbole_elastic.model.hyperparameters import HyperparameterChecker
 from recbole_elastic.model.layers import LinearDispatcherBlock, ProductKeyInterestMemory
-
-HIDDEN_ACTIVATIONS = ("gelu", "relu", "swish", "tanh", "sigmoid")
 
 
 def check_hyperparameters(config) -> None:
     """Raise :class:`ConfigError` naming the first ELASTIC hyperparameter outside its allowed range."""
-
-    def require(key: str, valid: bool, allowed: str) -> None:
-        if not valid:
-            raise ConfigError(
-                f"ELASTIC hyperparameter `{key}` = {config[key]!r} is invalid: it must be {allowed}. "
-                f"Set it in your config file or on the command line (--{key}=...)."
-            )
-
-    def is_int(key: str, minimum: int) -> bool:
-        value = config[key]
-        return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-    def is_probability(key: str) -> bool:
-        value = config[key]
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
-
-    for key in ("n_layers", "n_heads", "hidden_size", "inner_size", "n_interests"):
-        require(key, is_int(key, 1), "an integer >= 1")
-    require("hidden_size", config["hidden_size"] % config["n_heads"] == 0, f"divisible by n_heads={config['n_heads']}")
-    for key in ("hidden_dropout_prob", "attn_dropout_prob"):
-        require(key, is_probability(key), "a number in [0, 1)")
-    require("hidden_act", config["hidden_act"] in HIDDEN_ACTIVATIONS, f"one of {list(HIDDEN_ACTIVATIONS)}")
-    require("loss_type", config["loss_type"] in ("CE", "BPR"), "one of ['CE', 'BPR']")
-    require("use_interest_memory", isinstance(config["use_interest_memory"], bool), "True or False")
+    checker = HyperparameterChecker("ELASTIC", config)
+    checker.require_transformer(extra_int_keys=("n_interests",))
+    checker.require_bool("use_interest_memory")
     if config["use_interest_memory"]:
-        require("memory_keys", is_int("memory_keys", 1), "an integer >= 1 (the bank holds memory_keys ** 2 slots)")
-        require("memory_topk", is_int("memory_topk", 1), "an integer >= 1")
-        require(
+        checker.require(
+            "memory_keys", checker.is_int("memory_keys", 1), "an integer >= 1 (the bank holds memory_keys ** 2 slots)"
+        )
+        checker.require("memory_topk", checker.is_int("memory_topk", 1), "an integer >= 1")
+        checker.require(
             "memory_topk",
             config["memory_topk"] <= config["memory_keys"],
             f"<= memory_keys={config['memory_keys']} (top-k is taken over each sub-key table)",
         )
-        require(
+        checker.require(
             "memory_key_dim",
-            is_int("memory_key_dim", 2) and config["memory_key_dim"] % 2 == 0,
+            checker.is_int("memory_key_dim", 2) and config["memory_key_dim"] % 2 == 0,
             "an even integer >= 2 (the query is split in two halves)",
         )
 
 
-class ELASTIC(SequentialRecommender):
+class ELASTIC(DotProductSequentialRecommender):
     r"""ELASTIC: linear dispatcher attention over interest tokens retrieved from a product-key interest memory.
 
     See the module docstring for the architecture and every choice the paper leaves open.
     """
 
     def __init__(self, config, dataset):
-        super(ELASTIC, self).__init__(config, dataset)
         check_hyperparameters(config)
+        super(ELASTIC, self).__init__(config, dataset)
 
         # load parameters info
         self.n_layers = config["n_layers"]
         self.n_heads = config["n_heads"]
-        self.hidden_size = config["hidden_size"]  # same as embedding_size
         self.inner_size = config["inner_size"]  # the dimensionality in feed-forward layer
-        self.hidden_dropout_prob = config["hidden_dropout_prob"]
         self.attn_dropout_prob = config["attn_dropout_prob"]
         self.hidden_act = config["hidden_act"]
-        self.layer_norm_eps = config["layer_norm_eps"]
-        self.initializer_range = config["initializer_range"]
-        self.loss_type = config["loss_type"]
         self.n_interests = config["n_interests"]
         self.use_interest_memory = config["use_interest_memory"]
 
-        # define layers and loss
-        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
-        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
-        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
-        self.dropout = nn.Dropout(self.hidden_dropout_prob)
-
+        # define layers
         if self.use_interest_memory:
             self.interest_memory = ProductKeyInterestMemory(
                 hidden_size=self.hidden_size,
@@ -139,36 +106,18 @@ class ELASTIC(SequentialRecommender):
             for _ in range(self.n_layers)
         )
 
-        if self.loss_type == "BPR":
-            self.loss_fct = BPRLoss()
-        else:
-            self.loss_fct = nn.CrossEntropyLoss()
-
-        # parameters initialization
+        # parameters initialization (the interest memory initialises its own keys and values)
         self.apply(self._init_weights)
         if not self.use_interest_memory:
             nn.init.normal_(self.shared_interests, mean=0.0, std=self.initializer_range)
 
-    def _init_weights(self, module: nn.Module) -> None:
-        """Initialize the weights as SASRec (the interest memory initialises its own keys and values)."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
-
     def embed_sequence(self, item_seq: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Input embeddings ``[B, N, H]`` and the mask of real (non-padding) positions ``[B, N]``."""
-        position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
-        input_emb = self.item_embedding(item_seq) + self.position_embedding(position_ids).unsqueeze(0)
-        sequence = self.dropout(self.LayerNorm(input_emb))
         sequence_mask = item_seq != 0
         # RecBole left-aligns sequences, so position 0 is real whenever the sequence is not empty; keeping it
         # visible for an empty one avoids an all-masked softmax (NaN).
         sequence_mask[:, 0] = True
-        return sequence, sequence_mask
+        return self.embed_input(item_seq), sequence_mask
 
     def retrieve_interests(self, sequence: torch.Tensor, sequence_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Initial interest tokens ``[B, k, H]`` and the memory slots they came from ``[B, k, memory_topk]``."""
@@ -192,32 +141,6 @@ class ELASTIC(SequentialRecommender):
                 sequence, interests, sequence_mask, readout_index=readout_index if i == last else None
             )
         return sequence.squeeze(1)  # [B H]
-
-    def calculate_loss(self, interaction) -> torch.Tensor:
-        item_seq = interaction[self.ITEM_SEQ]
-        item_seq_len = interaction[self.ITEM_SEQ_LEN]
-        seq_output = self.forward(item_seq, item_seq_len)
-        pos_items = interaction[self.POS_ITEM_ID]
-        if self.loss_type == "BPR":
-            neg_items = interaction[self.NEG_ITEM_ID]
-            pos_score = torch.sum(seq_output * self.item_embedding(pos_items), dim=-1)  # [B]
-            neg_score = torch.sum(seq_output * self.item_embedding(neg_items), dim=-1)  # [B]
-            return self.loss_fct(pos_score, neg_score)
-        logits = torch.matmul(seq_output, self.item_embedding.weight.transpose(0, 1))
-        return self.loss_fct(logits, pos_items)
-
-    def predict(self, interaction) -> torch.Tensor:
-        item_seq = interaction[self.ITEM_SEQ]
-        item_seq_len = interaction[self.ITEM_SEQ_LEN]
-        test_item = interaction[self.ITEM_ID]
-        seq_output = self.forward(item_seq, item_seq_len)
-        return torch.mul(seq_output, self.item_embedding(test_item)).sum(dim=1)  # [B]
-
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        item_seq = interaction[self.ITEM_SEQ]
-        item_seq_len = interaction[self.ITEM_SEQ_LEN]
-        seq_output = self.forward(item_seq, item_seq_len)
-        return torch.matmul(seq_output, self.item_embedding.weight.transpose(0, 1))  # [B n_items]
 
     @torch.no_grad()
     def memory_slots(self, interaction) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""Reusable layers of ELASTIC: linear dispatcher attention and the product-key interest memory.
+"""Reusable layers of ELASTIC (linear dispatcher attention, the product-key interest memory) and LinRec.
 
 Reference:
     Chao Deng et al. "ELASTIC: Efficient Linear Attention for SequenTial Interest Compression." arXiv 2408.09380.
     Guillaume Lample et al. "Large Memory Layers with Product Keys." NeurIPS 2019.
+    Langming Liu et al. "LinRec: Linear Attention Mechanism for Long-term Sequential Recommender Systems." SIGIR 2023.
 """
 
 import math
@@ -15,17 +16,13 @@ from torch import nn
 from recbole.model.layers import FeedForward
 
 
-class CrossAttention(nn.Module):
-    """Multi-head attention of ``queries`` over a separate ``context``, with residual, dropout and LayerNorm.
+class ProjectedAttention(nn.Module):
+    """Q, K, V and output projections with SASRec's residual, dropout and post-LayerNorm around them.
 
-    Post-LN as RecBole's ``MultiHeadAttention`` (SASRec). Attention runs through
-    ``torch.nn.functional.scaled_dot_product_attention``; padding is a ``[B, 1, 1, N_context]`` boolean mask, so no
-    query-by-context mask is ever materialised.
+    Subclasses define how the per-head queries, keys and values ``[B, heads, L, d]`` are combined.
     """
 
-    def __init__(
-        self, hidden_size: int, n_heads: int, hidden_dropout_prob: float, attn_dropout_prob: float, layer_norm_eps: float
-    ) -> None:
+    def __init__(self, hidden_size: int, n_heads: int, hidden_dropout_prob: float, layer_norm_eps: float) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.head_size = hidden_size // n_heads
@@ -33,13 +30,40 @@ class CrossAttention(nn.Module):
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
         self.dense = nn.Linear(hidden_size, hidden_size)
-        self.attn_dropout_prob = attn_dropout_prob
         self.out_dropout = nn.Dropout(hidden_dropout_prob)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, L, H]`` -> ``[B, heads, L, H / heads]``."""
         batch_size, length, _ = x.shape
         return x.view(batch_size, length, self.n_heads, self.head_size).transpose(1, 2)
+
+    def project(self, queries: torch.Tensor, context: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head queries from ``queries``, keys and values from ``context``."""
+        return (
+            self.split_heads(self.query(queries)),
+            self.split_heads(self.key(context)),
+            self.split_heads(self.value(context)),
+        )
+
+    def output(self, queries: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Merge heads ``[B, heads, L, d]``, project, dropout, add the residual ``queries`` and LayerNorm."""
+        attended = attended.transpose(1, 2).reshape(queries.shape)
+        return self.LayerNorm(queries + self.out_dropout(self.dense(attended)))
+
+
+class CrossAttention(ProjectedAttention):
+    """Multi-head softmax attention of ``queries`` over a separate ``context`` (post-LN, as SASRec).
+
+    Attention runs through ``torch.nn.functional.scaled_dot_product_attention``; padding is a
+    ``[B, 1, 1, N_context]`` boolean mask, so no query-by-context mask is ever materialised.
+    """
+
+    def __init__(
+        self, hidden_size: int, n_heads: int, hidden_dropout_prob: float, attn_dropout_prob: float, layer_norm_eps: float
+    ) -> None:
+        super().__init__(hidden_size, n_heads, hidden_dropout_prob, layer_norm_eps)
+        self.attn_dropout_prob = attn_dropout_prob
 
     def forward(
         self, queries: torch.Tensor, context: torch.Tensor, context_mask: Optional[torch.Tensor] = None
@@ -47,14 +71,11 @@ class CrossAttention(nn.Module):
         """queries ``[B, Q, H]`` attend to context ``[B, C, H]``; ``context_mask`` ``[B, C]`` is True where valid."""
         attn_mask = None if context_mask is None else context_mask[:, None, None, :]
         attended = F.scaled_dot_product_attention(
-            self._split_heads(self.query(queries)),
-            self._split_heads(self.key(context)),
-            self._split_heads(self.value(context)),
+            *self.project(queries, context),
             attn_mask=attn_mask,
             dropout_p=self.attn_dropout_prob if self.training else 0.0,
         )
-        attended = attended.transpose(1, 2).reshape(queries.shape)
-        return self.LayerNorm(queries + self.out_dropout(self.dense(attended)))
+        return self.output(queries, attended)
 
 
 class LinearDispatcherBlock(nn.Module):
@@ -180,3 +201,88 @@ class ProductKeyInterestMemory(nn.Module):
         batch_size = summary.size(0)
         tokens = self.values(slots.view(-1, self.topk), per_sample_weights=weights.reshape(-1, self.topk))
         return tokens.view(batch_size, self.n_heads, -1), slots
+
+
+class LinRecAttention(ProjectedAttention):
+    r"""LinRec's L2-normalised linear self-attention, with SASRec's output projection, residual and LayerNorm.
+
+    Reference:
+        Langming Liu et al. "LinRec: Linear Attention Mechanism for Long-term Sequential Recommender Systems."
+        SIGIR 2023.
+
+    Per head, with ``Q, K, V = x W_Q, x W_K, x W_V`` (``[N, d]``, ``d`` the head size)::
+
+        Q_hat = rownorm(elu(Q)),  K_hat = rownorm(elu(K)),  out = Q_hat (K_hat^T V) / sqrt(d)
+
+    where ``rownorm`` divides each token's row by its L2 norm over the head dimension and ``elu`` is the plain ELU
+    (not ELU + 1). ``K_hat^T V`` (``[d, d]``) is computed first, so time and memory are O(N d^2): no N x N tensor
+    is ever built. There is no softmax and no causal mask.
+
+    The L2 norm is clamped below at ``norm_eps`` (the paper's code has no epsilon) so that an all-zero row gives
+    zeros instead of NaN; any row with a norm above ``norm_eps`` is normalised exactly.
+
+    ``key_mask`` (``[B, N]``, True at real items) zeroes the ``K_hat`` rows of padded positions, so they add nothing
+    to ``K_hat^T V``. With ``key_mask=None`` every position enters ``K_hat^T V``, padding included, as in the
+    paper's code. Attention dropout is not applied (the paper's code declares it but never uses it).
+    """
+
+    def __init__(
+        self, n_heads: int, hidden_size: int, hidden_dropout_prob: float, layer_norm_eps: float, norm_eps: float = 1e-12
+    ) -> None:
+        super().__init__(hidden_size, n_heads, hidden_dropout_prob, layer_norm_eps)
+        self.norm_eps = norm_eps
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """ELU, then each row divided by its L2 norm over the last (head) dimension, clamped at ``norm_eps``."""
+        return F.normalize(F.elu(x), p=2.0, dim=-1, eps=self.norm_eps)
+
+    def linear_attention(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``Q_hat (K_hat^T V) / sqrt(d)`` for per-head projections ``[B, heads, N, d]``; returns ``[B, heads, N, d]``.
+
+        ``key_mask`` ``[B, N]`` (True at real items) zeroes the padded rows of ``K_hat``; None keeps every row.
+        """
+        query = self.feature_map(query)
+        key = self.feature_map(key)
+        if key_mask is not None:
+            key = key * key_mask[:, None, :, None].to(key.dtype)
+        context = torch.matmul(key.transpose(-2, -1), value)  # [B, heads, d, d]
+        return torch.matmul(query, context) / math.sqrt(self.head_size)
+
+    def forward(self, hidden_states: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``hidden_states`` ``[B, N, H]`` -> ``[B, N, H]``; ``key_mask`` ``[B, N]`` is True at real items."""
+        attended = self.linear_attention(*self.project(hidden_states, hidden_states), key_mask)
+        return self.output(hidden_states, attended)
+
+
+class LinRecEncoder(nn.Module):
+    """``n_layers`` LinRec Transformer layers: :class:`LinRecAttention` then RecBole's ``FeedForward`` (post-LN).
+
+    SASRec's ``TransformerEncoder`` with its softmax attention replaced; returns the last layer's output.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        n_heads: int,
+        hidden_size: int,
+        inner_size: int,
+        hidden_dropout_prob: float,
+        hidden_act: str,
+        layer_norm_eps: float,
+    ) -> None:
+        super().__init__()
+        self.attention_layers = nn.ModuleList(
+            LinRecAttention(n_heads, hidden_size, hidden_dropout_prob, layer_norm_eps) for _ in range(n_layers)
+        )
+        self.feed_forward_layers = nn.ModuleList(
+            FeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
+            for _ in range(n_layers)
+        )
+
+    def forward(self, hidden_states: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[B, N, H]`` -> ``[B, N, H]``; ``key_mask`` as in :class:`LinRecAttention`."""
+        for attention, feed_forward in zip(self.attention_layers, self.feed_forward_layers):
+            hidden_states = feed_forward(attention(hidden_states, key_mask))
+        return hidden_states

@@ -1,0 +1,76 @@
+"""What the plugin's sequential models share with SASRec: input embedding, initialisation, scoring and losses."""
+
+import torch
+from torch import nn
+
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.loss import BPRLoss
+
+
+class DotProductSequentialRecommender(SequentialRecommender):
+    """A sequential recommender that encodes a sequence into one vector and scores items by dot product, as SASRec.
+
+    It reads ``hidden_size``, ``hidden_dropout_prob``, ``layer_norm_eps``, ``initializer_range`` and ``loss_type``
+    (validated by the subclass before calling this ``__init__``), builds the item embedding (padding 0), the learned
+    position embedding, input LayerNorm and dropout, and provides ``calculate_loss`` (CE over all items or BPR with
+    RecBole's negative samples), ``predict`` and ``full_sort_predict``. Subclasses implement ``forward``.
+    """
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.hidden_size = config["hidden_size"]  # same as embedding_size
+        self.hidden_dropout_prob = config["hidden_dropout_prob"]
+        self.layer_norm_eps = config["layer_norm_eps"]
+        self.initializer_range = config["initializer_range"]
+        self.loss_type = config["loss_type"]
+
+        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
+        self.dropout = nn.Dropout(self.hidden_dropout_prob)
+        self.loss_fct = BPRLoss() if self.loss_type == "BPR" else nn.CrossEntropyLoss()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialize the weights as SASRec."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    def embed_input(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """Item + position embeddings, LayerNorm, dropout: ``[B, N]`` -> ``[B, N, H]``."""
+        position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
+        input_emb = self.item_embedding(item_seq) + self.position_embedding(position_ids).unsqueeze(0)
+        return self.dropout(self.LayerNorm(input_emb))
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        seq_output = self.forward(item_seq, item_seq_len)
+        pos_items = interaction[self.POS_ITEM_ID]
+        if self.loss_type == "BPR":
+            neg_items = interaction[self.NEG_ITEM_ID]
+            pos_score = torch.sum(seq_output * self.item_embedding(pos_items), dim=-1)  # [B]
+            neg_score = torch.sum(seq_output * self.item_embedding(neg_items), dim=-1)  # [B]
+            return self.loss_fct(pos_score, neg_score)
+        logits = torch.matmul(seq_output, self.item_embedding.weight.transpose(0, 1))
+        return self.loss_fct(logits, pos_items)
+
+    def predict(self, interaction) -> torch.Tensor:
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        test_item = interaction[self.ITEM_ID]
+        seq_output = self.forward(item_seq, item_seq_len)
+        return torch.mul(seq_output, self.item_embedding(test_item)).sum(dim=1)  # [B]
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        seq_output = self.forward(item_seq, item_seq_len)
+        return torch.matmul(seq_output, self.item_embedding.weight.transpose(0, 1))  # [B n_items]

@@ -1,0 +1,103 @@
+"""LinRec's linear attention and model, without RecBole's data pipeline (plus one tiny end-to-end run)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_elastic.errors import ConfigError
+from recbole_elastic.model import LinRec
+from recbole_elastic.model.layers import LinRecAttention
+
+from conftest import PADDING_SEQUENCES as SEQUENCES, build_model, padded_batch, scores_at_two_paddings, tiny_run_config
+
+
+
+def naive_linrec_attention(layer: LinRecAttention, x: torch.Tensor, key_mask=None) -> torch.Tensor:
+    """The same layer evaluated the O(N^2) way: the N x N matrix Q_hat K_hat^T first, then times V."""
+    batch_size, length, hidden = x.shape
+    heads, d = layer.n_heads, hidden // layer.n_heads
+
+    def per_head(projection):
+        return projection(x).view(batch_size, length, heads, d).transpose(1, 2)
+
+    def l2_rows(t):
+        return t / t.norm(dim=-1, keepdim=True)
+
+    q_hat = l2_rows(F.elu(per_head(layer.query)))
+    k_hat = l2_rows(F.elu(per_head(layer.key)))
+    scores = q_hat @ k_hat.transpose(-2, -1)  # [B, heads, N, N]
+    if key_mask is not None:
+        scores = scores * key_mask[:, None, None, :]
+    attended = (scores @ per_head(layer.value)) / math.sqrt(d)
+    attended = attended.transpose(1, 2).reshape(batch_size, length, hidden)
+    return layer.LayerNorm(x + layer.dense(attended))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_linear_attention_equals_the_quadratic_formula(masked):
+    torch.manual_seed(0)
+    layer = LinRecAttention(n_heads=4, hidden_size=32, hidden_dropout_prob=0.0, layer_norm_eps=1e-12).eval()
+    for module in (layer.query, layer.key, layer.value, layer.dense):
+        torch.nn.init.normal_(module.bias)
+    x = torch.randn(3, 17, 32)
+    key_mask = torch.arange(17).unsqueeze(0) < torch.tensor([[4], [17], [1]]) if masked else None
+    with torch.no_grad():
+        fast = layer(x, key_mask)
+        naive = naive_linrec_attention(layer, x, key_mask)
+    assert torch.allclose(fast, naive, atol=1e-5)
+
+
+def test_all_zero_rows_give_no_nan():
+    layer = LinRecAttention(n_heads=2, hidden_size=8, hidden_dropout_prob=0.0, layer_norm_eps=1e-12)
+    for module in (layer.query, layer.key, layer.value, layer.dense):
+        torch.nn.init.zeros_(module.bias)
+    x = torch.zeros(1, 5, 8, requires_grad=True)  # every projected row is exactly zero
+    out = layer(x, torch.tensor([[True, True, False, False, False]]))
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_more_right_padding_gives_the_same_scores(n_layers):
+    torch.manual_seed(0)
+    narrow, wide = scores_at_two_paddings(build_model(LinRec, n_layers=n_layers))
+    assert torch.allclose(narrow, wide, atol=1e-5)
+
+
+def test_include_padding_lets_padding_change_the_scores():
+    torch.manual_seed(0)
+    narrow, wide = scores_at_two_paddings(build_model(LinRec, include_padding=True))
+    assert not torch.allclose(narrow, wide, atol=1e-4)
+
+
+@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
+def test_loss_backward_and_predict_for_a_batch_of_one(loss_type):
+    torch.manual_seed(0)
+    model = build_model(LinRec, loss_type=loss_type).train()
+    batch = padded_batch(SEQUENCES, 10)
+    batch.interaction["item_id"] = torch.tensor([1, 2, 3, 4])
+    batch.interaction["neg_item_id"] = torch.tensor([5, 6, 7, 8])
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.trm_encoder.attention_layers[0].query.weight.grad.abs().sum() > 0
+
+
+def test_include_padding_must_be_a_bool():
+    with pytest.raises(ConfigError) as error:
+        build_model(LinRec, include_padding="yes")
+    message = str(error.value)
+    assert "LinRec" in message and "`include_padding`" in message and "True or False" in message
+
+
+def test_one_epoch_through_the_plugin_pipeline(tiny_data):
+    from recbole_elastic.quick_start import build_config, run
+
+    config = build_config("LinRec", "tiny", config_dict=tiny_run_config(tiny_data))
+    assert config["include_padding"] is False
+    assert config["train_neg_sample_args"]["distribution"] == "none"  # CE: no negative sampling
+    result = run("LinRec", "tiny", config_dict=tiny_run_config(tiny_data), saved=False)
+    assert result["model"] == "LinRec" and result["epochs"] == 1
+    assert all(math.isfinite(value) for value in result["test_result"].values())
