@@ -1,10 +1,12 @@
 """Command line: ``python run_recbole_elastic.py [--model=ELASTIC] [--dataset=ml-100k] [--key=value ...]``."""
 
 import argparse
+import os
 import sys
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from recbole_elastic.errors import ElasticError
+from recbole_elastic.errors import ConfigError, ElasticError
 
 # The embedded default finishes in about 15 minutes on 2 CPU cores; pass --epochs=300 (RecBole's default, with
 # early stopping) to train fully.
@@ -14,12 +16,28 @@ QUICK_START_BUDGET = {"epochs": 8}
 def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
     """The CLI's own options, and every other ``--key=value`` as a RecBole config override (strings)."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # --seed=7 is a RecBole key, not an abbreviation of --seeds
         description="Train and evaluate ELASTIC (or any RecBole model) with RecBole's pipeline. "
         "Any other --key=value is passed to RecBole's Config, e.g. --epochs=300 --learning_rate=0.001.",
     )
     parser.add_argument("--model", "-m", default="ELASTIC", help="model name: ELASTIC or any RecBole model")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (ml-100k ships with RecBole)")
     parser.add_argument("--config_files", default=None, help="config files, separated by spaces")
+    parser.add_argument(
+        "--seeds", default=None, help="comma-separated seeds; with several models or seeds the run is a sweep"
+    )
+    parser.add_argument(
+        "--output_dir", default=None, help="where a sweep writes results.{csv,json,md} (default results/sweep-...)"
+    )
+    parser.add_argument("--nproc", type=int, default=1, help="training processes on this machine (DDP)")
+    parser.add_argument("--world_size", type=int, default=-1, help="processes on all machines (default: nproc)")
+    parser.add_argument("--ip", default="localhost", help="address of the machine holding global rank 0")
+    parser.add_argument("--port", default="5678", help="free port on that machine for the rendezvous")
+    parser.add_argument("--group_offset", type=int, default=0, help="processes on the machines before this one")
+    parser.add_argument("--checkpoint", default=None, help="a saved .pth: resume training from it")
+    parser.add_argument(
+        "--eval_only", action="store_true", help="with --checkpoint: only evaluate the saved model on the test split"
+    )
     args, rest = parser.parse_known_args(argv)
     overrides: Dict[str, Any] = {}
     for arg in rest:
@@ -36,17 +54,75 @@ def format_metrics(metrics: Dict[str, float]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    config_files = args.config_files.split() if args.config_files else None
-    config_dict = {**QUICK_START_BUDGET, **overrides}
-    from recbole_elastic.quick_start import run
-
     try:
-        result = run(model=args.model, dataset=args.dataset, config_file_list=config_files, config_dict=config_dict)
+        return dispatch(args, overrides)
     except ElasticError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
+    """Check the user's keys, then evaluate, resume, sweep or run."""
+    from recbole_elastic.config import check_config_keys, load_config_files, settings_for
+
+    check_config_keys(overrides, "command line")
+    file_settings = load_config_files(args.config_files.split() if args.config_files else None)
+    if args.eval_only:
+        return evaluate_main(args)
+    command_line = {**QUICK_START_BUDGET, **overrides}
+    models = [name.strip() for name in args.model.split(",") if name.strip()]
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers, got '{args.seeds}'") from None
+    if len(models) > 1 or seeds:
+        return sweep_main(models, args.dataset, seeds, args.output_dir, file_settings, command_line)
+
+    from recbole_elastic.distributed import run_distributed
+    from recbole_elastic.quick_start import read_checkpoint_config
+
+    model, dataset = models[0], args.dataset
+    config_dict = settings_for(model, file_settings, command_line)
+    if args.checkpoint:
+        # Resume with the checkpoint's own model, dataset and settings; the command line may still change some.
+        saved = read_checkpoint_config(args.checkpoint)
+        model, dataset = saved["model"], saved["dataset"]
+        config_dict = {**getattr(saved, "external_config_dict", {}), **settings_for(model, file_settings, overrides)}
+    result = run_distributed(
+        model, dataset, config_dict=config_dict, nproc=args.nproc, world_size=args.world_size, ip=args.ip,
+        port=args.port, group_offset=args.group_offset, checkpoint=args.checkpoint,
+    )
+    if result is None:  # a machine without global rank 0: rank 0's machine reports
+        return 0
     print(f"\n{result['model']} on {result['dataset']} ({result['epochs']} epochs, {result['params']} parameters)")
     print(f"best valid ({result['valid_metric']} = {result['best_valid_score']:.4f}): "
           f"{format_metrics(result['best_valid_result'])}")
     print(f"test: {format_metrics(result['test_result'])}")
+    print(f"checkpoint: {result['model_file']}")
     return 0
+
+
+def evaluate_main(args: argparse.Namespace) -> int:
+    if not args.checkpoint:
+        raise ConfigError("--eval_only needs --checkpoint=PATH (a .pth file saved by a training run)")
+    from recbole_elastic.quick_start import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint)
+    print(f"\n{result['model']} on {result['dataset']}, {result['model_file']}")
+    print(f"test: {format_metrics(result['test_result'])}")
+    return 0
+
+
+def sweep_main(models, dataset, seeds, output_dir, file_settings, command_line) -> int:
+    """Run the sweep, print its Markdown table; exit status 1 when any model failed."""
+    from recbole_elastic.sweep import run_sweep, to_markdown
+    from recbole_elastic.utils import get_model
+
+    for model in models:
+        get_model(model)  # an unknown name fails before hours of training, with the usual message
+    seeds = seeds or [command_line.get("seed", 2020)]
+    output_dir = output_dir or os.path.join("results", f"sweep-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = run_sweep(models, dataset, seeds, output_dir, file_settings, command_line)
+    print("\n" + to_markdown(result))
+    print(f"results written to {output_dir}/results.{{md,csv,json}}")
+    return 1 if any(row["status"] != "ok" for row in result["rows"]) else 0

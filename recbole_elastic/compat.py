@@ -8,15 +8,15 @@ Each shim is scoped to the smallest thing that needs it:
   1.x already has them, so nothing changes there), then make the aliases RecBole's metrics use (``np.float``...)
   exactly as RecBole's own Config does.
 * torch >= 2.6 loads with ``weights_only=True`` by default, but RecBole checkpoints pickle the whole Config.
-  We do *not* flip the process-wide default: only RecBole's own checkpoint readers (``recbole.trainer.trainer``
-  and ``recbole.quick_start.quick_start``) see a ``torch`` whose ``load`` defaults to ``weights_only=False``.
-  Every other ``torch.load`` in the process keeps torch's safe default.
+  We do *not* flip the process-wide default: only RecBole's trainer (``recbole.trainer.trainer``: best-model
+  loading and ``resume_checkpoint``) sees a ``torch`` whose ``load`` defaults to ``weights_only=False``. Every
+  other ``torch.load`` in the process keeps torch's safe default. RecBole's ``load_data_and_model`` imports torch
+  locally, so ``register()`` swaps it for the plugin's own (see ``registration``).
 
 pandas 3 and setuptools >= 82 (``pkg_resources``, needed by ray) cannot be shimmed cleanly, so pyproject.toml pins
 them (``pandas<3``, ``setuptools<82``).
 """
 
-import sys
 import types
 from typing import Any
 
@@ -81,7 +81,3 @@ def apply() -> None:
     import recbole.trainer.trainer as recbole_trainer
 
     patch_checkpoint_loading(recbole_trainer)
-    # recbole.quick_start imports ray; we never import it ourselves, but if the user has, patch it too.
-    quick_start_module = sys.modules.get("recbole.quick_start.quick_start")
-    if quick_start_module is not None:
-        patch_checkpoint_loading(quick_start_module)

@@ -13,13 +13,22 @@ Two differences from RecBole's ``Config``, both so that one command line works f
   raises otherwise, even for SASRec), one uniform negative for BPR.
 """
 
+import difflib
+import functools
+import glob
 import os
-from typing import Callable, Dict, List, Optional
+import re
+from typing import Callable, Dict, Iterable, List, Optional
+
+import yaml
 
 from recbole.config import Config
 from recbole.utils import ModelType
 
 from recbole_elastic.errors import ConfigError
+
+# RecBole's own loader, captured before ``register()`` may wrap it.
+RECBOLE_UPDATE_INTERNAL_CONFIG = Config._update_internal_config_dict
 
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
 
@@ -72,12 +81,64 @@ class ElasticConfig(Config):
         return {}
 
     def _update_internal_config_dict(self, file):
-        return load_with_plugin_yamls(self, file, Config._update_internal_config_dict)
+        return load_with_plugin_yamls(self, file, RECBOLE_UPDATE_INTERNAL_CONFIG)
 
     def _get_final_config_dict(self) -> Dict:
         final = super()._get_final_config_dict()
         align_negative_sampling(final, self.external_config_dict)
         return final
+
+    def _init_device(self) -> None:
+        """RecBole's device set-up, plus distributed runs on CPU.
+
+        A config without ``local_rank`` (one process) and a distributed config on CUDA go through RecBole's own
+        ``_init_device`` unchanged (NCCL, ``cuda:local_rank``). RecBole hard-codes NCCL and CUDA for every
+        distributed run, so on CPU (``gpu_id`` empty or no CUDA) this joins the same TCP rendezvous with gloo.
+        """
+        final = self.final_config_dict
+        if "local_rank" not in final or distributed_on_cuda(final):
+            super()._init_device()
+        else:
+            init_cpu_process_group(final)
+
+
+def distributed_on_cuda(final: Dict) -> bool:
+    """Whether a distributed config runs on CUDA; checks there is a ``gpu_id`` for each local process.
+
+    Normalises ``gpu_id`` and sets ``CUDA_VISIBLE_DEVICES`` exactly as RecBole's ``_init_device`` does first.
+    """
+    import torch
+
+    gpu_id = final["gpu_id"]
+    gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
+    final["gpu_id"] = gpu_id
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+    if len(gpu_id) == 0 or not torch.cuda.is_available():
+        return False
+    if len(gpu_id.split(",")) < final["nproc"]:
+        raise ConfigError(
+            f"nproc={final['nproc']} processes on this machine need as many GPUs, but gpu_id is '{gpu_id}'. "
+            f"Set gpu_id to {final['nproc']} comma-separated GPU ids (e.g. --gpu_id=0,1), or gpu_id='' for CPU."
+        )
+    return True
+
+
+def init_cpu_process_group(final: Dict) -> None:
+    """Join the distributed run with gloo on CPU, as RecBole's ``_init_device`` does with NCCL on CUDA."""
+    import torch
+
+    torch.distributed.init_process_group(
+        backend="gloo",
+        rank=final["local_rank"] + final["offset"],
+        world_size=final["world_size"],
+        init_method=f"tcp://{final['ip']}:{final['port']}",
+    )
+    final["device"] = torch.device("cpu")
+    final["single_spec"] = False
+    if final["local_rank"] != 0:
+        final["state"] = "error"
+        final["show_progress"] = False
+        final["verbose"] = False
 
 
 def align_negative_sampling(final: Dict, external: Dict) -> None:
@@ -103,3 +164,70 @@ def align_negative_sampling(final: Dict, external: Dict) -> None:
                 "loss_type=BPR needs negative samples, but train_neg_sample_args is ~. Remove it to get one uniform "
                 "negative per positive, or set e.g. train_neg_sample_args: {distribution: uniform, sample_num: 1}."
             )
+
+
+# Keys RecBole reads in code without a YAML default (distributed runs, derived values).
+_KEYS_READ_IN_CODE = re.compile(r"""(?:config|_dict)(?:\[\s*|\.get\(\s*)["']([A-Za-z_][A-Za-z0-9_]*)["']""")
+
+
+@functools.lru_cache(maxsize=1)
+def known_config_keys() -> frozenset:
+    """Every key RecBole or the plugin knows: their YAML defaults plus the keys their code reads."""
+    import recbole
+
+    keys = {"model", "dataset", "config_files", "nproc", "world_size", "ip", "port", "offset", "group_offset"}
+    for package_dir in (os.path.dirname(recbole.__file__), os.path.dirname(os.path.abspath(__file__))):
+        for path in glob.glob(os.path.join(package_dir, "properties", "**", "*.yaml"), recursive=True):
+            if os.path.basename(path) in ("url.yaml", "kg_url.yaml"):
+                continue
+            with open(path, encoding="utf-8") as f:
+                keys.update(yaml.load(f, Loader=yaml.FullLoader) or {})
+        for path in glob.glob(os.path.join(package_dir, "**", "*.py"), recursive=True):
+            with open(path, encoding="utf-8") as f:
+                keys.update(_KEYS_READ_IN_CODE.findall(f.read()))
+    return frozenset(keys)
+
+
+def check_config_keys(keys: Iterable[str], source: str) -> None:
+    """Raise :class:`ConfigError` for a key neither RecBole nor the plugin knows, naming the closest known key.
+
+    RecBole silently accepts any key, so ``--epoch=5`` would train the default 300 epochs.
+    """
+    known = known_config_keys()
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            raise ConfigError(
+                f"Unknown config key `{key}` ({source}): neither RecBole nor recbole-elastic reads it.{hint}"
+            )
+
+
+OVERRIDES_KEY = "model_overrides"
+
+
+def load_config_files(config_files: Optional[Iterable[str]]) -> Dict:
+    """Merge YAML config files (later wins), checking every key; ``model_overrides`` sections merge per model.
+
+    A ``model_overrides`` section, ``{ModelName: {key: value}}``, holds settings for one model only.
+    """
+    merged: Dict = {}
+    for path in config_files or []:
+        if not os.path.isfile(path):
+            raise ConfigError(f"Config file not found: {path}")
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.load(f, Loader=yaml.FullLoader) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a YAML mapping of key: value, not {type(loaded).__name__}")
+        for model, overrides in (loaded.pop(OVERRIDES_KEY, None) or {}).items():
+            check_config_keys(overrides, f"{path}, {OVERRIDES_KEY}.{model}")
+            merged.setdefault(OVERRIDES_KEY, {}).setdefault(model, {}).update(overrides)
+        check_config_keys(loaded, path)
+        merged.update(loaded)
+    return merged
+
+
+def settings_for(model: str, file_settings: Dict, command_line: Dict) -> Dict:
+    """One model's config_dict: config files < that model's ``model_overrides`` < command line."""
+    shared = {key: value for key, value in file_settings.items() if key != OVERRIDES_KEY}
+    return {**shared, **file_settings.get(OVERRIDES_KEY, {}).get(model, {}), **command_line}

@@ -15,3 +15,11 @@ class UnknownModelError(ElasticError, ValueError):
 
 class DatasetNotFoundError(ElasticError, FileNotFoundError):
     """The dataset's atomic files are not on disk and could not be downloaded."""
+
+
+class DatasetFormatError(ElasticError, ValueError):
+    """An atomic file is malformed, or filtering left nothing to train on; the message names the file or keys."""
+
+
+class TrainingDivergedError(ElasticError, RuntimeError):
+    """The training loss became NaN; the message names the epoch and the last good checkpoint."""

@@ -4,6 +4,7 @@ This never imports ``recbole.quick_start`` (which imports ray); it uses RecBole'
 evaluator directly, as RecBole's ``run_recbole`` does.
 """
 
+import os
 import time
 from logging import getLogger
 from typing import Any, Dict, List, Optional, Tuple
@@ -16,6 +17,8 @@ from recbole.utils import get_flops, get_trainer, init_logger, init_seed, set_co
 
 from recbole_elastic.compat import load_checkpoint
 from recbole_elastic.config import ElasticConfig
+from recbole_elastic.distributed import build_trainer
+from recbole_elastic.errors import ConfigError, DatasetFormatError, TrainingDivergedError
 from recbole_elastic.utils import ensure_dataset, get_model
 
 
@@ -31,10 +34,32 @@ def build_config(
     )
 
 
-def _record_epoch_times(trainer) -> List[float]:
-    """Wrap ``trainer._train_epoch`` so each training epoch's wall time is appended to the returned list."""
+def start_logging(config) -> None:
+    """RecBole's ``init_logger``, after removing the handlers an earlier run installed.
+
+    ``init_logger`` uses ``logging.basicConfig``, which does nothing once the root logger has handlers: without
+    this, every run after the first in one process (a sweep) would log into the first run's file.
+    """
+    root = getLogger()
+    for handler in root.handlers[:]:
+        if getattr(handler, "_recbole_elastic", False):
+            root.removeHandler(handler)
+            handler.close()
+    before = set(root.handlers)
+    init_logger(config)
+    for handler in set(root.handlers) - before:
+        handler._recbole_elastic = True
+
+
+def instrument_trainer(trainer) -> List[float]:
+    """Make ``trainer`` write checkpoints atomically and time its epochs; returns the list of epoch seconds.
+
+    RecBole's ``_save_checkpoint`` writes the file in place, so a crash mid-write would leave half a checkpoint
+    where the last good one was; here it writes a temporary file and renames it.
+    """
     seconds: List[float] = []
     train_epoch = trainer._train_epoch
+    save_checkpoint = trainer._save_checkpoint
 
     def timed_train_epoch(*args, **kwargs):
         start = time.perf_counter()
@@ -42,8 +67,46 @@ def _record_epoch_times(trainer) -> List[float]:
         seconds.append(time.perf_counter() - start)
         return result
 
+    def atomic_save_checkpoint(epoch, verbose=True, **kwargs):
+        final = kwargs.pop("saved_model_file", trainer.saved_model_file)
+        temporary = final + ".partial"
+        try:
+            save_checkpoint(epoch, verbose=False, saved_model_file=temporary, **kwargs)
+            if os.path.exists(temporary):  # only rank 0 writes in distributed runs
+                os.replace(temporary, final)
+                if verbose:
+                    getLogger().info(set_color("Saving current", "blue") + f": {final}")
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+
     trainer._train_epoch = timed_train_epoch
+    trainer._save_checkpoint = atomic_save_checkpoint
     return seconds
+
+
+def prepare_data(config) -> Tuple[Any, Any, Any, Any]:
+    """``(dataset, train_data, valid_data, test_data)`` through RecBole, with errors a user can act on."""
+    ensure_dataset(config)
+    where = f"dataset '{config['dataset']}' in {config['data_path']}"
+    try:
+        dataset = create_dataset(config)
+    except ValueError as error:
+        if "is empty" in str(error):  # RecBole's Dataset._reset_index after filtering removed everything
+            raise DatasetFormatError(
+                f"Filtering left 0 interactions in {where}: nothing to train on. Loosen "
+                f"user_inter_num_interval ({config['user_inter_num_interval']}), item_inter_num_interval "
+                f"({config['item_inter_num_interval']}) or val_interval ({config['val_interval']})."
+            ) from error
+        raise DatasetFormatError(
+            f"Could not read {where}: {error}. Check that every value matches its header type (':float' "
+            "columns hold numbers) and that the columns match field_separator."
+        ) from error
+    except (KeyError, TypeError, IndexError) as error:
+        raise DatasetFormatError(f"Could not read {where}: {type(error).__name__}: {error}.") from error
+    getLogger().info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    return dataset, train_data, valid_data, test_data
 
 
 def run(
@@ -52,22 +115,23 @@ def run(
     config_file_list: Optional[List[str]] = None,
     config_dict: Optional[Dict[str, Any]] = None,
     saved: bool = True,
+    checkpoint: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Train ``model`` on ``dataset``, then evaluate the best checkpoint on the test split.
+
+    With ``checkpoint`` (a RecBole checkpoint of the same model and config), training resumes from the epoch after
+    the one it was saved at, with its weights, optimiser state and best validation score, and keeps saving to it.
 
     Returns the best validation score and metrics, the test metrics, the checkpoint path, epochs run, seconds per
     training epoch and the parameter count.
     """
     config = build_config(model, dataset, config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    start_logging(config)
     logger = getLogger()
     logger.info(config)
 
-    ensure_dataset(config)
-    dataset_obj = create_dataset(config)
-    logger.info(dataset_obj)
-    train_data, valid_data, test_data = data_preparation(config, dataset_obj)
+    dataset_obj, train_data, valid_data, test_data = prepare_data(config)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model_obj = get_model(config["model"])(config, train_data._dataset).to(config["device"])
@@ -75,11 +139,24 @@ def run(
     flops = get_flops(model_obj, dataset_obj, config["device"], logger, construct_transform(config))
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
-    epoch_seconds = _record_epoch_times(trainer)
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
+    trainer = build_trainer(config, model_obj)
+    epoch_seconds = instrument_trainer(trainer)
+    if checkpoint:
+        trainer.resume_checkpoint(checkpoint)
+    try:
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
+    except ValueError as error:
+        if "loss is nan" not in str(error).lower():
+            raise
+        epoch = trainer.start_epoch + len(epoch_seconds)
+        kept = trainer.saved_model_file if saved and os.path.isfile(trainer.saved_model_file) else None
+        raise TrainingDivergedError(
+            f"The training loss of {config['model']} became NaN in epoch {epoch}. "
+            + (f"The last good checkpoint is kept: {kept}. " if kept else "No checkpoint had been saved yet. ")
+            + "Lower learning_rate, or set clip_grad_norm (e.g. --clip_grad_norm=\"{'max_norm': 5}\")."
+        ) from error
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
 
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
@@ -113,17 +190,33 @@ def load_data_and_model(model_file: str) -> Tuple[Any, torch.nn.Module, Any, Any
     # A checkpoint written by a distributed run is read here by one process.
     config["single_spec"] = True
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    start_logging(config)
     logger = getLogger()
     logger.info(config)
 
-    ensure_dataset(config)
-    dataset = create_dataset(config)
-    logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    dataset, train_data, valid_data, test_data = prepare_data(config)
 
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data
+
+
+def read_checkpoint_config(path: str):
+    """The Config pickled in a RecBole checkpoint; :class:`ConfigError` when the file is missing or not one."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"Checkpoint file not found: {path}. Pass the .pth file RecBole saved (see checkpoint_dir).")
+    try:
+        return load_checkpoint(path, map_location="cpu")["config"]
+    except Exception as error:
+        raise ConfigError(f"{path} is not a readable RecBole checkpoint ({type(error).__name__}: {error}).") from error
+
+
+def evaluate_checkpoint(path: str) -> Dict[str, Any]:
+    """Test metrics of a saved model, on the same data split it was trained with (no training)."""
+    read_checkpoint_config(path)
+    config, model, _, _, _, test_data = load_data_and_model(path)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
+    return {"model": config["model"], "dataset": config["dataset"], "model_file": path, "test_result": dict(test_result)}

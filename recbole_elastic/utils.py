@@ -4,6 +4,7 @@ import difflib
 import importlib
 import os
 import shutil
+import tempfile
 from logging import getLogger
 from typing import Dict, List, Optional, Type
 
@@ -13,7 +14,7 @@ import yaml
 import recbole
 from recbole.model.abstract_recommender import AbstractRecommender
 
-from recbole_elastic.errors import DatasetNotFoundError, UnknownModelError
+from recbole_elastic.errors import DatasetFormatError, DatasetNotFoundError, UnknownModelError
 
 RECBOLE_DIR = os.path.dirname(os.path.abspath(recbole.__file__))
 RECBOLE_MODEL_PACKAGES = (
@@ -92,6 +93,8 @@ def ensure_dataset(config) -> None:
     suffixes = config["benchmark_filename"] or [None]
     needed = [os.path.join(dataset_dir, f"{name}.inter" if s is None else f"{name}.{s}.inter") for s in suffixes]
     if all(os.path.isfile(path) for path in needed):
+        for path in needed:
+            check_atomic_header(config, path)
         return
     where = (
         f"Put RecBole atomic files ({name}.inter with a header such as 'user_id:token\\titem_id:token\\t"
@@ -124,3 +127,55 @@ def ensure_dataset(config) -> None:
         ) from error
     if not all(os.path.isfile(path) for path in needed):
         raise DatasetNotFoundError(f"Downloaded '{name}' from {url}, but {looked_for} is still missing. {where}")
+    for path in needed:
+        check_atomic_header(config, path)
+
+
+ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def check_atomic_header(config, path: str) -> None:
+    """Check an atomic file's header against the config before RecBole parses it (RecBole's own errors here are
+    unpacking errors or KeyErrors deep in its dataset code). Raises :class:`DatasetFormatError`."""
+    separator = config["field_separator"] or "\t"
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\r\n")
+    columns = header.split(separator)
+    shown_separator = repr(separator)
+    if len(columns) == 1:
+        others = [s for s in ("\t", ",", ";", " ", "|") if s != separator and s in header]
+        guess = f"; the header looks separated by {others[0]!r}" if others else ""
+        raise DatasetFormatError(
+            f"{path}: the header '{header}' has a single column with field_separator={shown_separator}{guess}. "
+            f"Separate columns with {shown_separator} or set field_separator to the file's separator."
+        )
+    names = []
+    for column in columns:
+        name, colon, kind = column.partition(":")
+        if not colon or kind not in ATOMIC_TYPES:
+            raise DatasetFormatError(
+                f"{path}: header column '{column}' is not 'name:type' with type in {list(ATOMIC_TYPES)} "
+                f"(e.g. 'user_id:token', 'timestamp:float')."
+            )
+        names.append(name)
+    wanted = list((config["load_col"] or {}).get("inter", []) or []) if path.endswith(".inter") else []
+    wanted += [config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]] if path.endswith(".inter") else []
+    missing = [field for field in dict.fromkeys(wanted) if field not in names]
+    if missing:
+        raise DatasetFormatError(
+            f"{path}: column(s) {missing} are needed (USER_ID_FIELD, ITEM_ID_FIELD and load_col) but the file has "
+            f"{names}. Add them to the file, or change load_col / the *_FIELD settings."
+        )
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise

@@ -1,0 +1,71 @@
+"""Multi-model sweeps: one protocol, per-model overrides, seeds, a results table in three formats."""
+
+import csv
+import json
+import os
+
+import yaml
+
+from recbole_elastic.cli import main
+from recbole_elastic.config import load_config_files
+from recbole_elastic.sweep import run_sweep
+
+from conftest import tiny_run_config
+
+
+def read_outputs(output_dir):
+    with open(os.path.join(output_dir, "results.csv"), encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with open(os.path.join(output_dir, "results.json"), encoding="utf-8") as f:
+        result = json.load(f)
+    with open(os.path.join(output_dir, "results.md"), encoding="utf-8") as f:
+        markdown = f.read()
+    return rows, result, markdown
+
+
+def test_three_model_sweep_with_seeds_writes_csv_json_and_markdown(tiny_data, tmp_path):
+    config_file = tmp_path / "sweep.yaml"
+    config_file.write_text(yaml.safe_dump({"model_overrides": {"SASRec": {"n_layers": 1}}}))
+    output_dir = str(tmp_path / "out")
+    result = run_sweep(
+        ["ELASTIC", "SASRec", "LinRec"], "tiny", [1, 2], output_dir,
+        load_config_files([str(config_file)]), tiny_run_config(tiny_data),
+    )
+    rows, saved, markdown = read_outputs(output_dir)
+
+    assert [row["model"] for row in rows] == ["ELASTIC", "SASRec", "LinRec"]
+    assert all(row["status"] == "ok" for row in rows)
+    for column in ("ndcg@10_mean", "ndcg@10_std", "best_valid", "epochs", "seconds_per_epoch", "params", "p_value"):
+        assert column in rows[0], column
+    assert rows[0]["p_value"] == ""  # the reference model is not tested against itself
+    for row in rows:
+        assert 0.0 <= float(row["ndcg@10_mean"]) <= 1.0
+        assert float(row["epochs"]) == 1 and int(row["params"]) > 0
+    for row in rows[1:]:
+        assert 0.0 <= float(row["p_value"]) <= 1.0  # two seeds: paired test against ELASTIC
+    assert saved["seeds"] == [1, 2] and len(saved["rows"][1]["runs"]) == 2
+    assert [run["seed"] for run in saved["rows"][0]["runs"]] == [1, 2]
+    # SASRec and LinRec have the same layers; the per-model override gave SASRec 1 layer instead of 2
+    assert result["rows"][1]["params"] < result["rows"][2]["params"]
+    header = markdown.splitlines()[0]
+    assert header.startswith("| model | recall@10 |") and "p vs ELASTIC (mrr@10)" in header  # RecBole's default valid_metric
+    assert markdown.count("*") >= 5  # one best mark per metric column
+    assert len([line for line in markdown.splitlines() if line.startswith("| ")]) == 4
+
+
+def test_a_failing_model_is_a_failed_row_and_the_others_still_run(tiny_data, tmp_path, capsys):
+    config_file = tmp_path / "sweep.yaml"
+    config_file.write_text(yaml.safe_dump({"model_overrides": {"ELASTIC": {"hidden_act": "mish"}}}))
+    output_dir = str(tmp_path / "out")
+    overrides = {key: str(value) for key, value in tiny_run_config(tiny_data).items() if key != "load_col"}
+    argv = ["--model=ELASTIC,LinRec", "--dataset=tiny", f"--config_files={config_file}", f"--output_dir={output_dir}"]
+    argv += [f"--{key}={value}" for key, value in overrides.items()]
+    argv.append("--load_col={'inter': ['user_id', 'item_id', 'timestamp']}")
+    assert main(argv) == 1  # a failed model makes the exit status non-zero
+
+    rows, saved, markdown = read_outputs(output_dir)
+    assert [row["status"] for row in rows] == ["failed", "ok"]
+    assert "hidden_act" in rows[0]["error"]
+    assert "failed: ConfigError" in markdown
+    assert 0.0 <= float(rows[1]["ndcg@10_mean"]) <= 1.0
+    assert "| LinRec |" in capsys.readouterr().out
