@@ -33,52 +33,24 @@ sys.path.insert(0, REPO_ROOT)
 
 DEFAULT_MODELS = "ELASTIC,SASRec,LinRec,LightSANs"
 DEFAULT_LENGTHS = "50,200,512,1024,2048,4096"
-SEQUENTIAL_FIELDS = {
-    "USER_ID_FIELD": "user_id",
-    "ITEM_ID_FIELD": "item_id",
-    "LIST_SUFFIX": "_list",
-    "ITEM_LIST_LENGTH_FIELD": "item_length",
-    "NEG_PREFIX": "neg_",
-}
 
 
 # ----------------------------------------------------------------------------------------------- one point
 def build_model(name: str, length: int, args: argparse.Namespace):
     """``name`` with its YAML defaults and the shared sizes, on a stand-in dataset of ``args.n_items`` items."""
-    import torch
-    import yaml
+    from recbole_elastic.utils import build_standalone_model
 
-    import recbole_elastic  # noqa: F401  (compatibility shims)
-    from recbole_elastic.config import plugin_yaml
-    from recbole_elastic.utils import RECBOLE_DIR, get_model
-
-    model_class = get_model(name)
-    yaml_path = plugin_yaml("model", name) or os.path.join(RECBOLE_DIR, "properties", "model", f"{name}.yaml")
-    with open(yaml_path, encoding="utf-8") as f:
-        defaults = yaml.load(f, Loader=yaml.FullLoader) or {}
-
-    class StandInConfig(dict):
-        def __getitem__(self, key):
-            return self.get(key)
-
-    class StandInDataset:
-        def num(self, field):
-            return args.n_items
-
-    config = StandInConfig({**SEQUENTIAL_FIELDS, **defaults})
-    config.update(
-        {
-            "device": torch.device(args.device),
-            "MAX_ITEM_LIST_LENGTH": length,
-            "hidden_size": args.hidden_size,
-            "inner_size": 4 * args.hidden_size,
-            "n_layers": args.n_layers,
-            "n_heads": args.n_heads,
-            "loss_type": "CE",
-            "layer_norm_eps": float(config["layer_norm_eps"] or 1e-12),
-        }
+    return build_standalone_model(
+        name,
+        n_items=args.n_items,
+        max_len=length,
+        device=args.device,
+        hidden_size=args.hidden_size,
+        inner_size=4 * args.hidden_size,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        loss_type="CE",
     )
-    return model_class(config, StandInDataset()).to(args.device)
 
 
 def make_batch(length: int, args: argparse.Namespace):

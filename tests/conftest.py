@@ -1,7 +1,10 @@
 """Shared fixtures: models built without a dataset, and a tiny generated RecBole dataset."""
 
+import json
 import os
 import random
+import subprocess
+import sys
 from typing import Any, Dict
 
 import pytest
@@ -11,52 +14,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from recbole.data.interaction import Interaction
 
 import recbole_elastic  # noqa: F401  (installs the compatibility shims before RecBole is used)
+from recbole_elastic.utils import build_standalone_model
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SEQUENTIAL_FIELDS = {
-    "USER_ID_FIELD": "user_id",
-    "ITEM_ID_FIELD": "item_id",
-    "LIST_SUFFIX": "_list",
-    "ITEM_LIST_LENGTH_FIELD": "item_length",
-    "NEG_PREFIX": "neg_",
-    "device": "cpu",
-}
-
-
-class StandInConfig(dict):
-    """What a RecBole model reads from its Config: ``config[key]``, None when missing."""
-
-    def __getitem__(self, key: str) -> Any:
-        return self.get(key)
-
-
-class StandInDataset:
-    """What SequentialRecommender reads from its dataset: the number of item ids (padding 0 included)."""
-
-    def __init__(self, n_items: int) -> None:
-        self.n_items = n_items
-
-    def num(self, field: str) -> int:
-        return self.n_items
-
-
-def load_model_defaults(model_name: str) -> Dict[str, Any]:
-    import yaml
-
-    path = os.path.join(REPO_ROOT, "recbole_elastic", "properties", "model", f"{model_name}.yaml")
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
-
-
 def build_model(model_class, n_items: int = 30, max_len: int = 20, **overrides):
     """A model of ``model_class`` with its YAML defaults, without any RecBole dataset."""
-    config = StandInConfig(SEQUENTIAL_FIELDS)
-    config.update(load_model_defaults(model_class.__name__))
-    config["layer_norm_eps"] = float(config["layer_norm_eps"])
-    config["MAX_ITEM_LIST_LENGTH"] = max_len
-    config.update(overrides)
-    return model_class(config, StandInDataset(n_items))
+    return build_standalone_model(model_class.__name__, n_items, max_len, **overrides)
 
 
 def write_tiny_dataset(root: str, name: str = "tiny", n_users: int = 40, n_items: int = 60, seed: int = 0) -> str:
@@ -138,3 +102,18 @@ def scores_at_two_paddings(model):
             model.full_sort_predict(padded_batch(PADDING_SEQUENCES, 10)),
             model.full_sort_predict(padded_batch(PADDING_SEQUENCES, 20)),
         )
+
+
+def run_python_reporting(script: str, *args: str, marker: str = "REPORT ", timeout: int = 600):
+    """Run ``script`` in a fresh interpreter (cwd = the test's cwd) and parse its ``marker``-prefixed JSON line."""
+    process = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        cwd=os.getcwd(),
+        env={**os.environ, "PYTHONPATH": REPO_ROOT},
+        timeout=timeout,
+    )
+    assert process.returncode == 0, process.stderr[-4000:]
+    line = next(l for l in process.stdout.splitlines() if l.startswith(marker))
+    return json.loads(line[len(marker):])

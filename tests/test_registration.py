@@ -2,11 +2,8 @@
 load_data_and_model, objective_function) find the plugin's models by name, in a fresh process."""
 
 import json
-import os
-import subprocess
-import sys
 
-from conftest import REPO_ROOT, tiny_run_config
+from conftest import run_python_reporting, tiny_run_config
 
 SCRIPT = r"""
 import glob, json, sys
@@ -50,18 +47,7 @@ print("REPORT " + json.dumps(report))
 
 
 def test_register_then_recbole_quick_start_by_name_and_reload(tiny_data):
-    config_dict = tiny_run_config(tiny_data)
-    process = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(config_dict)],
-        capture_output=True,
-        text=True,
-        cwd=os.getcwd(),
-        env={**os.environ, "PYTHONPATH": REPO_ROOT},
-        timeout=600,
-    )
-    assert process.returncode == 0, process.stderr[-4000:]
-    line = next(l for l in process.stdout.splitlines() if l.startswith("REPORT "))
-    report = json.loads(line[len("REPORT "):])
+    report = run_python_reporting(SCRIPT, json.dumps(tiny_run_config(tiny_data)))
     assert report["get_model"] == "LinRec"
     assert report["builtin_module"] == "recbole.model.sequential_recommender.sasrec"
     assert report["yaml_default"] == [True, True, 2]  # ELASTIC.yaml reached RecBole's own Config

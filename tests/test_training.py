@@ -1,15 +1,12 @@
 """ELASTIC through RecBole's own data pipeline, trainer, evaluator and checkpoints, on a tiny generated dataset."""
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from recbole_elastic.quick_start import run
 
-from conftest import REPO_ROOT, tiny_run_config
+from conftest import run_python_reporting, tiny_run_config
 
 
 def assert_metrics_in_unit_interval(metrics):
@@ -35,21 +32,11 @@ from recbole.utils import get_trainer
 config, model, dataset, train_data, valid_data, test_data = load_data_and_model(sys.argv[1])
 trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
 result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
-print("RESULT " + json.dumps({k: float(v) for k, v in result.items()}))
+print("REPORT " + json.dumps({k: float(v) for k, v in result.items()}))
 """
 
 
 def test_checkpoint_reloads_in_a_new_process_with_the_same_scores(tiny_data):
     result = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data))
-    process = subprocess.run(
-        [sys.executable, "-c", RELOAD_SCRIPT, result["model_file"]],
-        capture_output=True,
-        text=True,
-        cwd=os.getcwd(),
-        env={**os.environ, "PYTHONPATH": REPO_ROOT},
-        timeout=300,
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    line = next(l for l in process.stdout.splitlines() if l.startswith("RESULT "))
-    reloaded = json.loads(line[len("RESULT "):])
+    reloaded = run_python_reporting(RELOAD_SCRIPT, result["model_file"])
     assert reloaded == pytest.approx({k: float(v) for k, v in result["test_result"].items()}, abs=1e-6)
