@@ -10,7 +10,8 @@ fresh subprocess, so points cannot contaminate each other, and measures:
 * inference: ``full_sort_predict`` throughput (sequences/s) on batches of full length-N sequences;
 * training: one optimiser step (``calculate_loss`` with CE, backward, Adam step), seconds;
 * peak memory of the training step: on CUDA ``torch.cuda.max_memory_allocated`` above what was allocated before;
-  on CPU the peak resident set (VmHWM, reset just before the step) above the resident set before it;
+  on CPU the peak resident set (VmHWM, reset just before the step) above the resident set before it, after
+  ``malloc_trim`` has returned memory freed by earlier steps to the OS (else it would hide in "before");
 * parameters, and forward FLOPs of one inference batch (``torch.utils.flop_counter``).
 
 Times are medians over ``--repeats`` after ``--warmup`` runs. A point that runs out of memory or passes
@@ -19,6 +20,7 @@ Times are medians over ``--repeats`` after ``--warmup`` runs. A point that runs 
 """
 
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -104,6 +106,10 @@ def peak_training_memory_mb(train_step, device: str) -> float:
         train_step()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
+    try:  # hand memory freed by earlier steps back to the OS, so "before" counts only live memory (glibc)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")  # reset VmHWM (the peak resident set) to the current resident set
     before = _rss_kb("VmRSS")

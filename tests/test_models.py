@@ -52,3 +52,17 @@ def test_bad_hyperparameter_names_the_key(model_class, key, value, fragment):
         build_model(model_class, **overrides)
     message = str(error.value)
     assert model_class.__name__ in message and f"`{key}`" in message and fragment in message
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu", "swish", "tanh", "sigmoid"])
+def test_fused_feed_forward_equals_recbole_feed_forward(activation):
+    from recbole.model.layers import FeedForward
+
+    from recbole_elastic.model.layers import FusedFeedForward
+
+    torch.manual_seed(0)
+    recbole_ffn = FeedForward(16, 32, 0.0, activation, 1e-12).eval()
+    fused = FusedFeedForward(16, 32, 0.0, activation, 1e-12).eval()
+    fused.load_state_dict(recbole_ffn.state_dict())
+    x = torch.randn(3, 7, 16)
+    assert torch.allclose(fused(x), recbole_ffn(x), atol=1e-5)

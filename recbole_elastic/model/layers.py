@@ -16,6 +16,18 @@ from torch import nn
 from recbole.model.layers import FeedForward
 
 
+class FusedFeedForward(FeedForward):
+    """RecBole's position-wise ``FeedForward`` (same layers, parameters and output) with fused activations.
+
+    RecBole computes GELU as ``x * 0.5 * (1 + erf(x / sqrt(2)))``: five passes over the ``[B, N, inner_size]``
+    tensor and four saved intermediates. ``torch.nn.functional.gelu`` computes the same exact (erf) GELU in one
+    pass, about 4x faster on CPU, and saves only its input for backward; swish is ``silu``.
+    """
+
+    def get_hidden_act(self, act: str):
+        return {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[act]
+
+
 class ProjectedAttention(nn.Module):
     """Q, K, V and output projections with SASRec's residual, dropout and post-LayerNorm around them.
 
@@ -103,9 +115,9 @@ class LinearDispatcherBlock(nn.Module):
         attention_args = (hidden_size, n_heads, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps)
         ffn_args = (hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
         self.aggregate = CrossAttention(*attention_args)
-        self.aggregate_ffn = FeedForward(*ffn_args)
+        self.aggregate_ffn = FusedFeedForward(*ffn_args)
         self.dispatch = CrossAttention(*attention_args)
-        self.dispatch_ffn = FeedForward(*ffn_args)
+        self.dispatch_ffn = FusedFeedForward(*ffn_args)
 
     def forward(
         self,
@@ -277,7 +289,7 @@ class LinRecEncoder(nn.Module):
             LinRecAttention(n_heads, hidden_size, hidden_dropout_prob, layer_norm_eps) for _ in range(n_layers)
         )
         self.feed_forward_layers = nn.ModuleList(
-            FeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
+            FusedFeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
             for _ in range(n_layers)
         )
 
