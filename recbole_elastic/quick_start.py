@@ -51,15 +51,23 @@ def start_logging(config) -> None:
         handler._recbole_elastic = True
 
 
-def instrument_trainer(trainer) -> List[float]:
-    """Make ``trainer`` write checkpoints atomically and time its epochs; returns the list of epoch seconds.
+def instrument_trainer(trainer) -> Tuple[List[float], List[float]]:
+    """Make ``trainer`` write checkpoints atomically, time its epochs and keep its validation scores.
 
+    Returns the lists it fills: seconds per training epoch, and the validation score after each evaluation.
     RecBole's ``_save_checkpoint`` writes the file in place, so a crash mid-write would leave half a checkpoint
     where the last good one was; here it writes a temporary file and renames it.
     """
     seconds: List[float] = []
+    valid_scores: List[float] = []
     train_epoch = trainer._train_epoch
+    valid_epoch = trainer._valid_epoch
     save_checkpoint = trainer._save_checkpoint
+
+    def recorded_valid_epoch(*args, **kwargs):
+        score, result = valid_epoch(*args, **kwargs)
+        valid_scores.append(float(score))
+        return score, result
 
     def timed_train_epoch(*args, **kwargs):
         start = time.perf_counter()
@@ -81,8 +89,9 @@ def instrument_trainer(trainer) -> List[float]:
                 os.unlink(temporary)
 
     trainer._train_epoch = timed_train_epoch
+    trainer._valid_epoch = recorded_valid_epoch
     trainer._save_checkpoint = atomic_save_checkpoint
-    return seconds
+    return seconds, valid_scores
 
 
 def prepare_data(config) -> Tuple[Any, Any, Any, Any]:
@@ -123,7 +132,7 @@ def run(
     the one it was saved at, with its weights, optimiser state and best validation score, and keeps saving to it.
 
     Returns the best validation score and metrics, the test metrics, the checkpoint path, epochs run, seconds per
-    training epoch and the parameter count.
+    training epoch, the validation score after each evaluation (``valid_curve``) and the parameter count.
     """
     config = build_config(model, dataset, config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -140,7 +149,7 @@ def run(
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
     trainer = build_trainer(config, model_obj)
-    epoch_seconds = instrument_trainer(trainer)
+    epoch_seconds, valid_curve = instrument_trainer(trainer)
     if checkpoint:
         trainer.resume_checkpoint(checkpoint)
     try:
@@ -172,6 +181,7 @@ def run(
         "model_file": trainer.saved_model_file if saved else None,
         "epochs": len(epoch_seconds),
         "epoch_seconds": epoch_seconds,
+        "valid_curve": valid_curve,
         "params": sum(p.numel() for p in model_obj.parameters() if p.requires_grad),
         "flops": flops,
     }

@@ -18,7 +18,8 @@ def assert_metrics_in_unit_interval(metrics):
 @pytest.mark.parametrize("loss_type", ["CE", "BPR"])
 def test_one_epoch_train_and_evaluate(tiny_data, loss_type):
     result = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, loss_type=loss_type))
-    assert result["epochs"] == 1
+    assert result["epochs"] == 1 and len(result["epoch_seconds"]) == 1
+    assert result["valid_curve"] == [pytest.approx(result["best_valid_score"])]
     assert set(result["test_result"]) == {"recall@10", "mrr@10", "ndcg@10", "hit@10", "precision@10"}
     assert_metrics_in_unit_interval(result["test_result"])
     assert_metrics_in_unit_interval(result["best_valid_result"])
