@@ -168,6 +168,9 @@ def run(
         ) from error
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
 
+    memory_usage = memory_slot_usage(model_obj, test_data)
+    if memory_usage:
+        logger.info(set_color("interest memory", "yellow") + f": {memory_usage}")
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     return {
@@ -183,7 +186,32 @@ def run(
         "epoch_seconds": epoch_seconds,
         "valid_curve": valid_curve,
         "params": sum(p.numel() for p in model_obj.parameters() if p.requires_grad),
+        "memory_usage": memory_usage,
         "flops": flops,
+    }
+
+
+@torch.no_grad()
+def memory_slot_usage(model: torch.nn.Module, eval_data) -> Optional[Dict[str, Any]]:
+    """How many distinct interest-memory slots ``model`` retrieves over ``eval_data``'s users (None without a
+    memory). A bank whose retrievals collapse onto a few slots is wasted capacity."""
+    if not getattr(model, "use_interest_memory", False):
+        return None
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(model.interest_memory.n_slots, dtype=torch.long)
+    for batch in eval_data:
+        interaction = batch[0] if isinstance(batch, tuple) else batch
+        slots = model.memory_slots(interaction.to(model.device)).reshape(-1).cpu()
+        counts += torch.bincount(slots, minlength=counts.numel())
+    model.train(was_training)
+    used = int((counts > 0).sum())
+    share = counts.float() / counts.sum().clamp(min=1)
+    return {
+        "distinct_slots": used,
+        "total_slots": counts.numel(),
+        "fraction_used": used / counts.numel(),
+        "top10_share": float(share.topk(min(10, counts.numel())).values.sum()),  # retrievals on the 10 busiest
     }
 
 

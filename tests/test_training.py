@@ -24,6 +24,9 @@ def test_one_epoch_train_and_evaluate(tiny_data, loss_type):
     assert_metrics_in_unit_interval(result["test_result"])
     assert_metrics_in_unit_interval(result["best_valid_result"])
     assert os.path.isfile(result["model_file"])
+    usage = result["memory_usage"]  # slots retrieved over the test users
+    assert usage["total_slots"] == 8 * 8 and 1 <= usage["distinct_slots"] <= 64
+    assert 0 < usage["top10_share"] <= 1
 
 
 RELOAD_SCRIPT = """
