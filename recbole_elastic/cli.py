@@ -11,6 +11,7 @@ from recbole_elastic.errors import ConfigError, ElasticError
 # The embedded default finishes in about 15 minutes on 2 CPU cores; pass --epochs=300 (RecBole's default, with
 # early stopping) to train fully.
 QUICK_START_BUDGET = {"epochs": 8}
+DISTRIBUTED_KEYS = ("local_rank", "nproc", "world_size", "ip", "port", "offset")
 
 
 def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
@@ -69,25 +70,31 @@ def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
     file_settings = load_config_files(args.config_files.split() if args.config_files else None)
     if args.eval_only:
         return evaluate_main(args)
-    command_line = {**QUICK_START_BUDGET, **overrides}
+    # The quick-start budget sits below everything the user wrote, config files included.
+    defaults_and_files = {**QUICK_START_BUDGET, **file_settings}
     models = [name.strip() for name in args.model.split(",") if name.strip()]
     try:
         seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
     except ValueError:
         raise ConfigError(f"--seeds takes comma-separated integers, got '{args.seeds}'") from None
     if len(models) > 1 or seeds:
-        return sweep_main(models, args.dataset, seeds, args.output_dir, file_settings, command_line)
+        return sweep_main(models, args.dataset, seeds, args.output_dir, defaults_and_files, overrides)
 
     from recbole_elastic.distributed import run_distributed
     from recbole_elastic.quick_start import read_checkpoint_config
 
     model, dataset = models[0], args.dataset
-    config_dict = settings_for(model, file_settings, command_line)
+    config_dict = settings_for(model, defaults_and_files, overrides)
     if args.checkpoint:
         # Resume with the checkpoint's own model, dataset and settings; the command line may still change some.
         saved = read_checkpoint_config(args.checkpoint)
         model, dataset = saved["model"], saved["dataset"]
-        config_dict = {**getattr(saved, "external_config_dict", {}), **settings_for(model, file_settings, overrides)}
+        saved_settings = {
+            key: value
+            for key, value in getattr(saved, "external_config_dict", {}).items()
+            if key not in DISTRIBUTED_KEYS  # this run's process layout comes from this command line
+        }
+        config_dict = {**saved_settings, **settings_for(model, file_settings, overrides)}
     result = run_distributed(
         model, dataset, config_dict=config_dict, nproc=args.nproc, world_size=args.world_size, ip=args.ip,
         port=args.port, group_offset=args.group_offset, checkpoint=args.checkpoint,
@@ -120,7 +127,7 @@ def sweep_main(models, dataset, seeds, output_dir, file_settings, command_line) 
 
     for model in models:
         get_model(model)  # an unknown name fails before hours of training, with the usual message
-    seeds = seeds or [command_line.get("seed", 2020)]
+    seeds = seeds or [int(command_line.get("seed", 2020))]
     output_dir = output_dir or os.path.join("results", f"sweep-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = run_sweep(models, dataset, seeds, output_dir, file_settings, command_line)
     print("\n" + to_markdown(result))

@@ -181,3 +181,12 @@ def test_amazon_books_offline_without_files_gets_the_clear_message(tmp_path, cap
     assert "Dataset 'amazon-books' not found" in err or "downloading" in err
     assert not (tmp_path / "amazon-books").exists()
 
+
+
+
+def test_config_file_epochs_win_over_the_quick_start_budget(tiny_data, tmp_path, capsys):
+    config_file = tmp_path / "budget.yaml"
+    config_file.write_text("epochs: 2\n")
+    args = [arg for arg in cli_args(tiny_data) if not arg.startswith("--epochs=")]
+    assert main(args + [f"--config_files={config_file}"]) == 0
+    assert "ELASTIC on tiny (2 epochs" in capsys.readouterr().out  # not the CLI's default budget of 8
