@@ -204,7 +204,18 @@ def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[
     return numerator / denominator
 
 
-def _value(points, model, length, key):
+# name: (model, measure) over (model, measure), per sequence length
+RATIOS = (
+    ("memory_elastic_over_sasrec", ("ELASTIC", "train_peak_memory_mb"), ("SASRec", "train_peak_memory_mb")),
+    ("inference_speedup_over_sasrec", ("ELASTIC", "inference_sequences_per_second"),
+     ("SASRec", "inference_sequences_per_second")),
+    ("train_speedup_over_sasrec", ("SASRec", "train_step_seconds"), ("ELASTIC", "train_step_seconds")),
+    ("inference_speedup_over_linrec", ("ELASTIC", "inference_sequences_per_second"),
+     ("LinRec", "inference_sequences_per_second")),
+)
+
+
+def _value(points, model, key, length):
     point = points.get((model, length), {})
     return point.get(key) if point.get("status") == "ok" else None
 
@@ -212,26 +223,13 @@ def _value(points, model, length, key):
 def summarise(result: Dict[str, Any]) -> Dict[str, Any]:
     """ELASTIC/SASRec ratios per N, ELASTIC/LinRec throughput, and ELASTIC's growth from N=1024 to 4096."""
     points = {(p["model"], p["length"]): p for p in result["points"]}
-    per_length = {}
-    for length in result["lengths"]:
-        per_length[length] = {
-            "memory_elastic_over_sasrec": ratio(
-                _value(points, "ELASTIC", length, "train_peak_memory_mb"),
-                _value(points, "SASRec", length, "train_peak_memory_mb"),
-            ),
-            "inference_speedup_over_sasrec": ratio(
-                _value(points, "ELASTIC", length, "inference_sequences_per_second"),
-                _value(points, "SASRec", length, "inference_sequences_per_second"),
-            ),
-            "train_speedup_over_sasrec": ratio(
-                _value(points, "SASRec", length, "train_step_seconds"),
-                _value(points, "ELASTIC", length, "train_step_seconds"),
-            ),
-            "inference_speedup_over_linrec": ratio(
-                _value(points, "ELASTIC", length, "inference_sequences_per_second"),
-                _value(points, "LinRec", length, "inference_sequences_per_second"),
-            ),
+    per_length = {
+        length: {
+            name: ratio(_value(points, *numerator, length), _value(points, *denominator, length))
+            for name, numerator, denominator in RATIOS
         }
+        for length in result["lengths"]
+    }
     lengths = result["lengths"]
     growth = {}
     if lengths:
@@ -242,11 +240,11 @@ def summarise(result: Dict[str, Any]) -> Dict[str, Any]:
             "from": low,
             "to": high,
             "inference_time": ratio(
-                _value(points, "ELASTIC", high, "inference_seconds"), _value(points, "ELASTIC", low, "inference_seconds")
+                _value(points, "ELASTIC", "inference_seconds", high), _value(points, "ELASTIC", "inference_seconds", low)
             ),
             "train_time": ratio(
-                _value(points, "ELASTIC", high, "train_step_seconds"),
-                _value(points, "ELASTIC", low, "train_step_seconds"),
+                _value(points, "ELASTIC", "train_step_seconds", high),
+                _value(points, "ELASTIC", "train_step_seconds", low),
             ),
         }
     return {"per_length": per_length, "elastic_growth": growth}
