@@ -5,12 +5,13 @@ plugin's ``properties/model/<Model>.yaml`` at the same precedence as a built-in 
 ``overall.yaml``, before ``sample.yaml``), and the plugin's ``properties/dataset/<dataset>.yaml`` just after
 ``sample.yaml``. Everything the user passes (config files, ``config_dict``) still wins over both.
 
-Two differences from RecBole's ``Config``, both so that one command line works for every model:
+Other differences from RecBole's ``Config``:
 
 * it does not read ``sys.argv`` (RecBole's does, pytest's arguments included): the CLI parses the command line
   and passes it as ``config_dict``;
 * ``train_neg_sample_args`` follows ``loss_type`` unless the user set it: no negative sampling for CE (RecBole
-  raises otherwise, even for SASRec), one uniform negative for BPR.
+  raises otherwise, even for SASRec), one uniform negative for BPR;
+* distributed runs on CPU join their process group with gloo (RecBole hard-codes NCCL and CUDA).
 """
 
 import difflib
@@ -18,7 +19,7 @@ import functools
 import glob
 import os
 import re
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, Optional
 
 import yaml
 
@@ -39,11 +40,6 @@ def plugin_yaml(kind: str, name: str) -> Optional[str]:
     """Path of the plugin's ``properties/<kind>/<name>.yaml`` or None when the plugin ships none."""
     path = os.path.join(PROPERTIES_DIR, kind, f"{name}.yaml")
     return path if os.path.isfile(path) else None
-
-
-def plugin_model_names() -> List[str]:
-    """Models whose defaults the plugin ships."""
-    return sorted(f[: -len(".yaml")] for f in os.listdir(os.path.join(PROPERTIES_DIR, "model")) if f.endswith(".yaml"))
 
 
 def load_with_plugin_yamls(config: Config, file: str, load: Callable[[Config, str], Optional[Dict]]) -> Optional[Dict]:
@@ -67,15 +63,6 @@ def load_with_plugin_yamls(config: Config, file: str, load: Callable[[Config, st
 
 class ElasticConfig(Config):
     """RecBole ``Config`` with the plugin's YAML defaults; see the module docstring."""
-
-    def __init__(
-        self,
-        model=None,
-        dataset: Optional[str] = None,
-        config_file_list: Optional[List[str]] = None,
-        config_dict: Optional[Dict] = None,
-    ) -> None:
-        super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
 
     def _load_cmd_line(self) -> Dict:
         return {}
