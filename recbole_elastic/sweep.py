@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from recbole_elastic.config import settings_for
 from recbole_elastic.utils import atomic_write
 
+
 def _mean_std(values: List[float]) -> Dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
