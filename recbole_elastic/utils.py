@@ -92,10 +92,14 @@ def ensure_dataset(config) -> None:
     dataset_dir = config["data_path"]
     suffixes = config["benchmark_filename"] or [None]
     needed = [os.path.join(dataset_dir, f"{name}.inter" if s is None else f"{name}.{s}.inter") for s in suffixes]
-    if all(os.path.isfile(path) for path in needed):
-        for path in needed:
-            check_atomic_header(config, path)
-        return
+    if not all(os.path.isfile(path) for path in needed):
+        _download_dataset(name, dataset_dir, needed)
+    for path in needed:
+        check_atomic_header(config, path)
+
+
+def _download_dataset(name: str, dataset_dir: str, needed: List[str]) -> None:
+    """Fetch RecBole's archive of ``name`` into ``dataset_dir``; :class:`DatasetNotFoundError` when impossible."""
     where = (
         f"Put RecBole atomic files ({name}.inter with a header such as 'user_id:token\\titem_id:token\\t"
         f"timestamp:float'; optionally {name}.user and {name}.item) in {dataset_dir}/, or set data_path to the "
@@ -127,8 +131,6 @@ def ensure_dataset(config) -> None:
         ) from error
     if not all(os.path.isfile(path) for path in needed):
         raise DatasetNotFoundError(f"Downloaded '{name}' from {url}, but {looked_for} is still missing. {where}")
-    for path in needed:
-        check_atomic_header(config, path)
 
 
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
