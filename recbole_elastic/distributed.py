@@ -36,6 +36,7 @@ from recbole.utils import get_trainer
 
 from recbole_elastic.compat import load_checkpoint
 from recbole_elastic.errors import ConfigError, ElasticError
+from recbole_elastic.utils import atomic_path
 
 # What a rank's distributed trainer leaves for its worker after training (one run per spawned process).
 _rank_state: Dict[str, Any] = {}
@@ -236,10 +237,8 @@ def _rank_main(local_rank, model, dataset, config_file_list, config_dict, saved,
 
 
 def _write_pickle(path: str, obj: Any) -> None:
-    temporary = path + ".partial"
-    with open(temporary, "wb") as f:
+    with atomic_path(path) as temporary, open(temporary, "wb") as f:
         pickle.dump(obj, f)
-    os.replace(temporary, path)
 
 
 def _raise_rank_error(exchange: str) -> None:

@@ -19,7 +19,7 @@ from recbole_elastic.compat import load_checkpoint
 from recbole_elastic.config import ElasticConfig
 from recbole_elastic.distributed import build_trainer
 from recbole_elastic.errors import ConfigError, DatasetFormatError, TrainingDivergedError
-from recbole_elastic.utils import ensure_dataset, get_model
+from recbole_elastic.utils import atomic_path, ensure_dataset, get_model
 
 
 def build_config(
@@ -77,16 +77,11 @@ def instrument_trainer(trainer) -> Tuple[List[float], List[float]]:
 
     def atomic_save_checkpoint(epoch, verbose=True, **kwargs):
         final = kwargs.pop("saved_model_file", trainer.saved_model_file)
-        temporary = final + ".partial"
-        try:
+        with atomic_path(final) as temporary:
             save_checkpoint(epoch, verbose=False, saved_model_file=temporary, **kwargs)
-            if os.path.exists(temporary):  # only rank 0 writes in distributed runs
-                os.replace(temporary, final)
-                if verbose:
-                    getLogger().info(set_color("Saving current", "blue") + f": {final}")
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+            written = os.path.exists(temporary)  # only rank 0 writes in distributed runs
+        if written and verbose:
+            getLogger().info(set_color("Saving current", "blue") + f": {final}")
 
     trainer._train_epoch = timed_train_epoch
     trainer._valid_epoch = recorded_valid_epoch

@@ -1,12 +1,12 @@
 """Model lookup across the plugin and RecBole, and dataset availability checks."""
 
+import contextlib
 import difflib
 import importlib
 import os
 import shutil
-import tempfile
 from logging import getLogger
-from typing import Dict, List, Optional, Type
+from typing import Dict, Iterator, List, Optional, Type
 
 import torch
 import yaml
@@ -170,17 +170,27 @@ def check_atomic_header(config, path: str) -> None:
         )
 
 
-def atomic_write(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary name beside ``path``; whatever is written there replaces ``path`` in one rename.
+
+    Readers never see half a file. If nothing was written under the temporary name (in a distributed run only
+    rank 0 saves), ``path`` is left as it was; if the write fails, the temporary file is removed.
+    """
+    temporary = f"{path}.{os.getpid()}.partial"
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+        yield temporary
+        if os.path.exists(temporary):
+            os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see ``atomic_path``)."""
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 SEQUENTIAL_FIELDS = {

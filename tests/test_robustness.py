@@ -11,6 +11,7 @@ from recbole_elastic.compat import load_checkpoint
 from recbole_elastic.errors import TrainingDivergedError
 from recbole_elastic.model import ELASTIC
 from recbole_elastic.quick_start import build_config, evaluate_checkpoint, run
+from recbole_elastic.utils import atomic_path, atomic_write
 
 from conftest import tiny_run_config
 
@@ -190,3 +191,19 @@ def test_config_file_epochs_win_over_the_quick_start_budget(tiny_data, tmp_path,
     args = [arg for arg in cli_args(tiny_data) if not arg.startswith("--epochs=")]
     assert main(args + [f"--config_files={config_file}"]) == 0
     assert "ELASTIC on tiny (2 epochs" in capsys.readouterr().out  # not the CLI's default budget of 8
+
+
+def test_atomic_path_replaces_only_after_a_complete_write(tmp_path):
+    target = tmp_path / "result.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(str(target)) as temporary, open(temporary, "w") as f:
+            f.write("half")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    with atomic_path(str(target)):
+        pass  # a rank that saves nothing leaves the last file in place
+    assert target.read_text() == "old"
+    atomic_write(str(target), "new")
+    assert target.read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["result.txt"]
