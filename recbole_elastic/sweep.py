@@ -29,7 +29,10 @@ def _mean_std(values: List[float]) -> Dict[str, float]:
 
 
 def paired_p_value(first: List[float], other: List[float]) -> Optional[float]:
-    """Two-sided paired t-test p-value over seeds; None with fewer than two pairs, 1.0 when all differences are 0."""
+    """Two-sided paired t-test p-value over pairs (seeds, or test users).
+
+    None with fewer than two pairs; 1.0 when all differences are 0.
+    """
     if len(first) < 2 or len(first) != len(other):
         return None
     differences = [a - b for a, b in zip(first, other)]

@@ -1,0 +1,95 @@
+"""Is one saved model better than another on the same test users? A paired comparison over users.
+
+    python benchmarks/paired_users.py CHECKPOINT [CHECKPOINT ...] [--k 10] [--bootstrap 10000] [--seed 0]
+
+One training run gives one test score per model, and a seed-to-seed comparison needs many runs. This script asks
+a cheaper, narrower question of the runs already made: on these test users, is the gap between two trained models
+larger than the user-to-user noise? All checkpoints must come from the same dataset and split (same users).
+
+For each checkpoint it ranks every test user's held-out item (``recbole_elastic.quick_start.held_out_ranks``,
+RecBole's full ranking), then scores each user: NDCG@k = 1/log2(rank+2), Hit@k = 1 and MRR@k = 1/(rank+1) when
+rank < k, else 0. Every later checkpoint is compared with the first one on NDCG@k: the mean per-user difference,
+a 95% percentile bootstrap interval over users, and the two-sided paired t-test p-value. It prints a Markdown
+table. The result says nothing about seed-to-seed variation of training.
+"""
+
+import argparse
+import math
+import os
+import sys
+from typing import Dict, List
+
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+
+def per_user_metrics(ranks: np.ndarray, k: int) -> Dict[str, np.ndarray]:
+    """Per-user NDCG@k, Hit@k and MRR@k from 0-based ranks of the held-out item."""
+    within = ranks < k
+    return {
+        f"ndcg@{k}": np.where(within, 1.0 / np.log2(ranks + 2.0), 0.0),
+        f"hit@{k}": within.astype(float),
+        f"mrr@{k}": np.where(within, 1.0 / (ranks + 1.0), 0.0),
+    }
+
+
+def bootstrap_interval(differences: np.ndarray, resamples: int, seed: int) -> List[float]:
+    """95% percentile interval of the mean of ``differences``, resampling users with replacement."""
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for start in range(0, resamples, 1000):  # in chunks, to bound memory for large user counts
+        count = min(1000, resamples - start)
+        picks = rng.integers(0, len(differences), size=(count, len(differences)))
+        means[start:start + count] = differences[picks].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoints", nargs="+", help="saved models; each is compared with the first")
+    parser.add_argument("--k", type=int, default=10, help="cut-off of the per-user metrics (default 10)")
+    parser.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples (default 10000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    args = parser.parse_args(argv)
+
+    from recbole_elastic.errors import ElasticError
+    from recbole_elastic.quick_start import held_out_ranks, read_checkpoint_config
+    from recbole_elastic.sweep import paired_p_value
+
+    try:
+        names = [read_checkpoint_config(path)["model"] for path in args.checkpoints]
+        ranks_by_user = [held_out_ranks(path) for path in args.checkpoints]
+    except ElasticError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    users = sorted(ranks_by_user[0])
+    for path, ranks in zip(args.checkpoints[1:], ranks_by_user[1:]):
+        if sorted(ranks) != users:
+            print(f"error: {path} was tested on other users than {args.checkpoints[0]}; compare checkpoints of "
+                  "the same dataset and split", file=sys.stderr)
+            return 2
+    metrics = [per_user_metrics(np.array([ranks[u] for u in users]), args.k) for ranks in ranks_by_user]
+
+    key = f"ndcg@{args.k}"
+    print(f"\n{len(users)} test users; differences are per-user {key}, later model minus {names[0]}.\n")
+    print(f"| model | checkpoint | {key} | hit@{args.k} | mrr@{args.k} | difference | 95% bootstrap interval | "
+          "paired t-test p |")
+    print("|---|---|---|---|---|---|---|---|")
+    for i, (name, path, metric) in enumerate(zip(names, args.checkpoints, metrics)):
+        means = " | ".join(f"{metric[m].mean():.4f}" for m in (key, f"hit@{args.k}", f"mrr@{args.k}"))
+        if i == 0:
+            print(f"| {name} | {os.path.basename(path)} | {means} | | | |")
+            continue
+        differences = metric[key] - metrics[0][key]
+        low, high = bootstrap_interval(differences, args.bootstrap, args.seed)
+        p_value = paired_p_value(list(metric[key]), list(metrics[0][key]))
+        p_text = "n/a" if p_value is None or math.isnan(p_value) else f"{p_value:.3f}"
+        print(f"| {name} | {os.path.basename(path)} | {means} | {differences.mean():+.4f} | "
+              f"[{low:+.4f}, {high:+.4f}] | {p_text} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
