@@ -60,17 +60,17 @@ def main(argv: List[str] = None) -> int:
 
     try:
         names = [read_checkpoint_config(path)["model"] for path in args.checkpoints]
-        ranks_by_user = [held_out_ranks(path) for path in args.checkpoints]
+        ranks_per_checkpoint = [held_out_ranks(path) for path in args.checkpoints]
     except ElasticError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    users = sorted(ranks_by_user[0])
-    for path, ranks in zip(args.checkpoints[1:], ranks_by_user[1:]):
+    users = sorted(ranks_per_checkpoint[0])
+    for path, ranks in zip(args.checkpoints[1:], ranks_per_checkpoint[1:]):
         if sorted(ranks) != users:
             print(f"error: {path} was tested on other users than {args.checkpoints[0]}; compare checkpoints of "
                   "the same dataset and split", file=sys.stderr)
             return 2
-    metrics = [per_user_metrics(np.array([ranks[u] for u in users]), args.k) for ranks in ranks_by_user]
+    metrics = [per_user_metrics(np.array([ranks[u] for u in users]), args.k) for ranks in ranks_per_checkpoint]
 
     key = f"ndcg@{args.k}"
     print(f"\n{len(users)} test users; differences are per-user {key}, later model minus {names[0]}.\n")

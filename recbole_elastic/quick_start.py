@@ -246,11 +246,17 @@ def read_checkpoint_config(path: str):
         raise ConfigError(f"{path} is not a readable RecBole checkpoint ({type(error).__name__}: {error}).") from error
 
 
-def evaluate_checkpoint(path: str) -> Dict[str, Any]:
-    """Test metrics of a saved model, on the same data split it was trained with (no training)."""
+def load_for_testing(path: str) -> Tuple[Any, torch.nn.Module, Any, Any]:
+    """A saved model's ``(config, model, trainer, test_data)``, on the split it was trained with (no training)."""
     read_checkpoint_config(path)
     config, model, _, _, _, test_data = load_data_and_model(path)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    return config, model, trainer, test_data
+
+
+def evaluate_checkpoint(path: str) -> Dict[str, Any]:
+    """Test metrics of a saved model, on the same data split it was trained with (no training)."""
+    config, model, trainer, test_data = load_for_testing(path)
     test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
     return {"model": config["model"], "dataset": config["dataset"], "model_file": path, "test_result": dict(test_result)}
 
@@ -263,9 +269,7 @@ def held_out_ranks(path: str) -> Dict[Any, int]:
     Items tied with the target count as ranked below it. Keys are the users' internal ids; with leave-one-out
     each user has one held-out item. Metrics per user follow, e.g. NDCG@10 = 1 / log2(rank + 2) if rank < 10.
     """
-    read_checkpoint_config(path)
-    config, model, _, _, _, test_data = load_data_and_model(path)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    config, model, trainer, test_data = load_for_testing(path)
     trainer.tot_item_num = test_data._dataset.item_num
     model.eval()
     ranks: Dict[Any, int] = {}
