@@ -17,7 +17,7 @@ import argparse
 import math
 import os
 import sys
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -46,7 +46,7 @@ def bootstrap_interval(differences: np.ndarray, resamples: int, seed: int) -> Li
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def main(argv: List[str] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="saved models; each is compared with the first")
     parser.add_argument("--k", type=int, default=10, help="cut-off of the per-user metrics (default 10)")
