@@ -40,7 +40,7 @@ DEFAULT_LENGTHS = "50,200,512,1024,2048,4096"
 # ----------------------------------------------------------------------------------------------- one point
 def build_model(name: str, length: int, args: argparse.Namespace):
     """``name`` with its YAML defaults and the shared sizes, on a stand-in dataset of ``args.n_items`` items."""
-    from recbole_elastic.utils import build_standalone_model
+    from recbole_elastic.standalone import build_standalone_model
 
     return build_standalone_model(
         name,
@@ -150,7 +150,9 @@ def measure_point(name: str, length: int, args: argparse.Namespace) -> Dict[str,
 
     model.eval()
     with torch.no_grad():
-        inference_seconds = median_seconds(lambda: model.full_sort_predict(batch), args.device, args.warmup, args.repeats)
+        inference_seconds = median_seconds(
+            lambda: model.full_sort_predict(batch), args.device, args.warmup, args.repeats
+        )
     return {
         "status": "ok",
         "train_step_seconds": train_seconds,
@@ -207,11 +209,17 @@ def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[
 # name: (model, measure) over (model, measure), per sequence length
 RATIOS = (
     ("memory_elastic_over_sasrec", ("ELASTIC", "train_peak_memory_mb"), ("SASRec", "train_peak_memory_mb")),
-    ("inference_speedup_over_sasrec", ("ELASTIC", "inference_sequences_per_second"),
-     ("SASRec", "inference_sequences_per_second")),
+    (
+        "inference_speedup_over_sasrec",
+        ("ELASTIC", "inference_sequences_per_second"),
+        ("SASRec", "inference_sequences_per_second"),
+    ),
     ("train_speedup_over_sasrec", ("SASRec", "train_step_seconds"), ("ELASTIC", "train_step_seconds")),
-    ("inference_speedup_over_linrec", ("ELASTIC", "inference_sequences_per_second"),
-     ("LinRec", "inference_sequences_per_second")),
+    (
+        "inference_speedup_over_linrec",
+        ("ELASTIC", "inference_sequences_per_second"),
+        ("LinRec", "inference_sequences_per_second"),
+    ),
 )
 
 
@@ -240,7 +248,8 @@ def summarise(result: Dict[str, Any]) -> Dict[str, Any]:
             "from": low,
             "to": high,
             "inference_time": ratio(
-                _value(points, "ELASTIC", "inference_seconds", high), _value(points, "ELASTIC", "inference_seconds", low)
+                _value(points, "ELASTIC", "inference_seconds", high),
+                _value(points, "ELASTIC", "inference_seconds", low),
             ),
             "train_time": ratio(
                 _value(points, "ELASTIC", "train_step_seconds", high),
@@ -363,7 +372,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
             return 2
 
-    from recbole_elastic.utils import atomic_write
+    from recbole_elastic.atomic import atomic_write
 
     models = [m for m in args.models.split(",") if m]
     lengths = [int(n) for n in args.lengths.split(",") if n]

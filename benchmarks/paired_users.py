@@ -6,7 +6,7 @@ One training run gives one test score per model, and a seed-to-seed comparison n
 a cheaper, narrower question of the runs already made: on these test users, is the gap between two trained models
 larger than the user-to-user noise? All checkpoints must come from the same dataset and split (same users).
 
-For each checkpoint it ranks every test user's held-out item (``recbole_elastic.quick_start.held_out_ranks``,
+For each checkpoint it ranks every test user's held-out item (``recbole_elastic.evaluate.held_out_ranks``,
 RecBole's full ranking), then scores each user: NDCG@k = 1/log2(rank+2), Hit@k = 1 and MRR@k = 1/(rank+1) when
 rank < k, else 0. Every later checkpoint is compared with the first one on NDCG@k: the mean per-user difference,
 a 95% percentile bootstrap interval over users, and the two-sided paired t-test p-value. It prints a Markdown
@@ -42,7 +42,7 @@ def bootstrap_interval(differences: np.ndarray, resamples: int, seed: int) -> Li
     for start in range(0, resamples, 1000):  # in chunks, to bound memory for large user counts
         count = min(1000, resamples - start)
         picks = rng.integers(0, len(differences), size=(count, len(differences)))
-        means[start:start + count] = differences[picks].mean(axis=1)
+        means[start : start + count] = differences[picks].mean(axis=1)
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
@@ -55,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     from recbole_elastic.errors import ElasticError
-    from recbole_elastic.quick_start import held_out_ranks, read_checkpoint_config
+    from recbole_elastic.evaluate import held_out_ranks, read_checkpoint_config
     from recbole_elastic.sweep import paired_p_value
 
     try:
@@ -67,15 +67,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     users = sorted(ranks_per_checkpoint[0])
     for path, ranks in zip(args.checkpoints[1:], ranks_per_checkpoint[1:]):
         if sorted(ranks) != users:
-            print(f"error: {path} was tested on other users than {args.checkpoints[0]}; compare checkpoints of "
-                  "the same dataset and split", file=sys.stderr)
+            print(
+                f"error: {path} was tested on other users than {args.checkpoints[0]}; compare checkpoints of "
+                "the same dataset and split",
+                file=sys.stderr,
+            )
             return 2
     metrics = [per_user_metrics(np.array([ranks[u] for u in users]), args.k) for ranks in ranks_per_checkpoint]
 
     key = f"ndcg@{args.k}"
     print(f"\n{len(users)} test users; differences are per-user {key}, later model minus {names[0]}.\n")
-    print(f"| model | checkpoint | {key} | hit@{args.k} | mrr@{args.k} | difference | 95% bootstrap interval | "
-          "paired t-test p |")
+    print(
+        f"| model | checkpoint | {key} | hit@{args.k} | mrr@{args.k} | difference | 95% bootstrap interval | "
+        "paired t-test p |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for i, (name, path, metric) in enumerate(zip(names, args.checkpoints, metrics)):
         means = " | ".join(f"{metric[m].mean():.4f}" for m in (key, f"hit@{args.k}", f"mrr@{args.k}"))
@@ -86,8 +91,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         low, high = bootstrap_interval(differences, args.bootstrap, args.seed)
         p_value = paired_p_value(list(metric[key]), list(metrics[0][key]))
         p_text = "n/a" if p_value is None or math.isnan(p_value) else f"{p_value:.3f}"
-        print(f"| {name} | {os.path.basename(path)} | {means} | {differences.mean():+.4f} | "
-              f"[{low:+.4f}, {high:+.4f}] | {p_text} |")
+        print(
+            f"| {name} | {os.path.basename(path)} | {means} | {differences.mean():+.4f} | "
+            f"[{low:+.4f}, {high:+.4f}] | {p_text} |"
+        )
     return 0
 
 

@@ -6,12 +6,13 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from recbole_elastic import compat
+from recbole_elastic.config import check_config_keys, load_config_files, run_settings
+from recbole_elastic.distributed import run_distributed
 from recbole_elastic.errors import ConfigError, ElasticError
-
-# The embedded default finishes in about 9 minutes on 2 CPU cores (installs included); pass --epochs=300 (RecBole's default, with
-# early stopping) to train fully.
-QUICK_START_BUDGET = {"epochs": 8}
-DISTRIBUTED_KEYS = ("local_rank", "nproc", "world_size", "ip", "port", "offset")
+from recbole_elastic.evaluate import evaluate_checkpoint, read_checkpoint_config
+from recbole_elastic.sweep import run_sweep, to_markdown
+from recbole_elastic.utils import get_model
 
 
 def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
@@ -54,7 +55,9 @@ def format_metrics(metrics: Dict[str, float]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command line's entry point; returns the exit status (2 for an error the user can act on)."""
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    compat.apply()
     try:
         return dispatch(args, overrides)
     except ElasticError as error:
@@ -63,47 +66,45 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
-    """Check the user's keys, then evaluate, resume, sweep or run."""
-    from recbole_elastic.config import check_config_keys, load_config_files, settings_for
-
+    """Check the user's keys, then evaluate, sweep, resume or run."""
     check_config_keys(overrides, "command line")
     file_settings = load_config_files(args.config_files.split() if args.config_files else None)
     if args.eval_only:
         return evaluate_main(args)
-    # The quick-start budget sits below everything the user wrote, config files included.
-    defaults_and_files = {**QUICK_START_BUDGET, **file_settings}
     models = [name.strip() for name in args.model.split(",") if name.strip()]
     try:
         seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
     except ValueError:
         raise ConfigError(f"--seeds takes comma-separated integers, got '{args.seeds}'") from None
     if len(models) > 1 or seeds:
-        return sweep_main(models, args.dataset, seeds, args.output_dir, defaults_and_files, overrides)
-
-    from recbole_elastic.distributed import run_distributed
-    from recbole_elastic.quick_start import read_checkpoint_config
+        return sweep_main(models, args.dataset, seeds, args.output_dir, file_settings, overrides)
 
     model, dataset = models[0], args.dataset
-    config_dict = settings_for(model, defaults_and_files, overrides)
     if args.checkpoint:
         # Resume with the checkpoint's own model, dataset and settings; the command line may still change some.
         saved = read_checkpoint_config(args.checkpoint)
         model, dataset = saved["model"], saved["dataset"]
-        saved_settings = {
-            key: value
-            for key, value in getattr(saved, "external_config_dict", {}).items()
-            if key not in DISTRIBUTED_KEYS  # this run's process layout comes from this command line
-        }
-        config_dict = {**saved_settings, **settings_for(model, file_settings, overrides)}
+        config_dict = run_settings(model, file_settings, overrides, resumed_config=saved)
+    else:
+        config_dict = run_settings(model, file_settings, overrides, quick_start_budget=True)
     result = run_distributed(
-        model, dataset, config_dict=config_dict, nproc=args.nproc, world_size=args.world_size, ip=args.ip,
-        port=args.port, group_offset=args.group_offset, checkpoint=args.checkpoint,
+        model,
+        dataset,
+        config_dict=config_dict,
+        nproc=args.nproc,
+        world_size=args.world_size,
+        ip=args.ip,
+        port=args.port,
+        group_offset=args.group_offset,
+        checkpoint=args.checkpoint,
     )
     if result is None:  # a machine without global rank 0: rank 0's machine reports
         return 0
     print(f"\n{result['model']} on {result['dataset']} ({result['epochs']} epochs, {result['params']} parameters)")
-    print(f"best valid ({result['valid_metric']} = {result['best_valid_score']:.4f}): "
-          f"{format_metrics(result['best_valid_result'])}")
+    print(
+        f"best valid ({result['valid_metric']} = {result['best_valid_score']:.4f}): "
+        f"{format_metrics(result['best_valid_result'])}"
+    )
     print(f"test: {format_metrics(result['test_result'])}")
     print(f"checkpoint: {result['model_file']}")
     return 0
@@ -112,7 +113,6 @@ def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
 def evaluate_main(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise ConfigError("--eval_only needs --checkpoint=PATH (a .pth file saved by a training run)")
-    from recbole_elastic.quick_start import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint)
     print(f"\n{result['model']} on {result['dataset']}, {result['model_file']}")
@@ -120,16 +120,21 @@ def evaluate_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def sweep_main(models, dataset, seeds, output_dir, file_settings, command_line) -> int:
+def sweep_main(
+    models: List[str],
+    dataset: str,
+    seeds: Optional[List[int]],
+    output_dir: Optional[str],
+    file_settings: Dict[str, Any],
+    command_line: Dict[str, Any],
+) -> int:
     """Run the sweep, print its Markdown table; exit status 1 when any model failed."""
-    from recbole_elastic.sweep import run_sweep, to_markdown
-    from recbole_elastic.utils import get_model
 
     for model in models:
         get_model(model)  # an unknown name fails before hours of training, with the usual message
     seeds = seeds or [int(command_line.get("seed", 2020))]
     output_dir = output_dir or os.path.join("results", f"sweep-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    result = run_sweep(models, dataset, seeds, output_dir, file_settings, command_line)
+    result = run_sweep(models, dataset, seeds, output_dir, file_settings, command_line, quick_start_budget=True)
     print("\n" + to_markdown(result))
     print(f"results written to {output_dir}/results.{{md,csv,json}}")
     return 1 if any(row["status"] != "ok" for row in result["rows"]) else 0

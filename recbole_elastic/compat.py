@@ -72,11 +72,13 @@ def patch_checkpoint_loading(module: types.ModuleType) -> None:
 
 def load_checkpoint(path: str, map_location: Any = None) -> dict:
     """Read a RecBole checkpoint file (a dict holding the pickled Config and the state dicts)."""
+    apply()  # the Config it unpickles is used with RecBole's numpy aliases
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
 def apply() -> None:
-    """Install every shim the plugin's own run path needs. Called once when ``recbole_elastic`` is imported."""
+    """Install every shim (idempotent). Importing the package installs none: ``register()``, the CLI,
+    ``ElasticConfig`` and checkpoint loading call this before RecBole needs it."""
     restore_numpy_aliases()
     import recbole.trainer.trainer as recbole_trainer
 

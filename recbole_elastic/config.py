@@ -11,7 +11,11 @@ Other differences from RecBole's ``Config``:
   and passes it as ``config_dict``;
 * ``train_neg_sample_args`` follows ``loss_type`` unless the user set it: no negative sampling for CE (RecBole
   raises otherwise, even for SASRec), one uniform negative for BPR;
-* distributed runs on CPU join their process group with gloo (RecBole hard-codes NCCL and CUDA).
+* distributed runs on CPU join their process group with gloo (RecBole hard-codes NCCL and CUDA);
+* constructing one applies the plugin's compatibility shims (``compat.apply``) first.
+
+The module also reads the user's config files, checks every key against what RecBole and the plugin know, and
+assembles each run's settings in one place (:func:`run_settings`).
 """
 
 import difflib
@@ -19,19 +23,26 @@ import functools
 import glob
 import os
 import re
-from typing import Callable, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
 
 from recbole.config import Config
 from recbole.utils import ModelType
 
+from recbole_elastic import compat
 from recbole_elastic.errors import ConfigError
+from recbole_elastic.process_group import distributed_on_cuda, init_cpu_process_group
+from recbole_elastic.utils import get_model
 
-# RecBole's own loader, captured before ``register()`` may wrap it.
+# RecBole's own loader, captured before ``register()`` installs the plugin's hook on RecBole's Config.
 RECBOLE_UPDATE_INTERNAL_CONFIG = Config._update_internal_config_dict
 
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
+
+OVERRIDES_KEY = "model_overrides"
+# The keys that place one process in a distributed run (RecBole reads them in Config._init_device).
+DISTRIBUTED_KEYS = ("local_rank", "nproc", "world_size", "ip", "port", "offset")
 
 BPR_DEFAULT_NEGATIVES = {"distribution": "uniform", "sample_num": 1, "alpha": 1.0, "dynamic": False, "candidate_num": 0}
 
@@ -42,8 +53,12 @@ def plugin_yaml(kind: str, name: str) -> Optional[str]:
     return path if os.path.isfile(path) else None
 
 
-def load_with_plugin_yamls(config: Config, file: str, load: Callable[[Config, str], Optional[Dict]]) -> Optional[Dict]:
-    """Load one of RecBole's internal YAMLs with ``load``, and the plugin's YAMLs around ``sample.yaml``.
+def update_internal_config_dict(config: Config, file: str) -> Optional[Dict]:
+    """The plugin's one change to RecBole's Config: load one of RecBole's internal YAMLs with RecBole's own
+    loader, and the plugin's YAMLs around ``sample.yaml``.
+
+    ``ElasticConfig`` uses it as its ``_update_internal_config_dict``; ``register()`` installs the same function on
+    RecBole's ``Config``.
 
     RecBole loads, in order: overall, <model>.yaml, sample.yaml, <dataset>.yaml, quick-start YAMLs. Hooking the
     moment ``sample.yaml`` is read puts the plugin's model YAML exactly where a built-in model's sits, and the
@@ -52,11 +67,11 @@ def load_with_plugin_yamls(config: Config, file: str, load: Callable[[Config, st
     is_sample = os.path.basename(file) == "sample.yaml"
     model_file = plugin_yaml("model", config.model) if is_sample else None
     if model_file:
-        load(config, model_file)
-    loaded = load(config, file)
+        RECBOLE_UPDATE_INTERNAL_CONFIG(config, model_file)
+    loaded = RECBOLE_UPDATE_INTERNAL_CONFIG(config, file)
     dataset_file = plugin_yaml("dataset", config.dataset) if is_sample else None
     if dataset_file:
-        dataset_keys = load(config, dataset_file) or {}
+        dataset_keys = RECBOLE_UPDATE_INTERNAL_CONFIG(config, dataset_file) or {}
         config.parameters["Dataset"] += [key for key in dataset_keys if key not in config.parameters["Dataset"]]
     return loaded
 
@@ -64,11 +79,14 @@ def load_with_plugin_yamls(config: Config, file: str, load: Callable[[Config, st
 class ElasticConfig(Config):
     """RecBole ``Config`` with the plugin's YAML defaults; see the module docstring."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        compat.apply()  # RecBole's Config reads numpy names that numpy 2 removed
+        super().__init__(*args, **kwargs)
+
+    _update_internal_config_dict = update_internal_config_dict
+
     def _load_cmd_line(self) -> Dict:
         return {}
-
-    def _update_internal_config_dict(self, file):
-        return load_with_plugin_yamls(self, file, RECBOLE_UPDATE_INTERNAL_CONFIG)
 
     def _get_final_config_dict(self) -> Dict:
         final = super()._get_final_config_dict()
@@ -87,45 +105,6 @@ class ElasticConfig(Config):
             super()._init_device()
         else:
             init_cpu_process_group(final)
-
-
-def distributed_on_cuda(final: Dict) -> bool:
-    """Whether a distributed config runs on CUDA; checks there is a ``gpu_id`` for each local process.
-
-    Normalises ``gpu_id`` and sets ``CUDA_VISIBLE_DEVICES`` exactly as RecBole's ``_init_device`` does first.
-    """
-    import torch
-
-    gpu_id = final["gpu_id"]
-    gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
-    final["gpu_id"] = gpu_id
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
-    if len(gpu_id) == 0 or not torch.cuda.is_available():
-        return False
-    if len(gpu_id.split(",")) < final["nproc"]:
-        raise ConfigError(
-            f"nproc={final['nproc']} processes on this machine need as many GPUs, but gpu_id is '{gpu_id}'. "
-            f"Set gpu_id to {final['nproc']} comma-separated GPU ids (e.g. --gpu_id=0,1), or gpu_id='' for CPU."
-        )
-    return True
-
-
-def init_cpu_process_group(final: Dict) -> None:
-    """Join the distributed run with gloo on CPU, as RecBole's ``_init_device`` does with NCCL on CUDA."""
-    import torch
-
-    torch.distributed.init_process_group(
-        backend="gloo",
-        rank=final["local_rank"] + final["offset"],
-        world_size=final["world_size"],
-        init_method=f"tcp://{final['ip']}:{final['port']}",
-    )
-    final["device"] = torch.device("cpu")
-    final["single_spec"] = False
-    if final["local_rank"] != 0:
-        final["state"] = "error"
-        final["show_progress"] = False
-        final["verbose"] = False
 
 
 def align_negative_sampling(final: Dict, external: Dict) -> None:
@@ -162,7 +141,7 @@ def known_config_keys() -> frozenset:
     """Every key RecBole or the plugin knows: their YAML defaults plus the keys their code reads."""
     import recbole
 
-    keys = {"model", "dataset", "config_files", "nproc", "world_size", "ip", "port", "offset", "group_offset"}
+    keys = {"model", "dataset", "config_files", "group_offset", *DISTRIBUTED_KEYS}
     for package_dir in (os.path.dirname(recbole.__file__), os.path.dirname(os.path.abspath(__file__))):
         for path in glob.glob(os.path.join(package_dir, "properties", "**", "*.yaml"), recursive=True):
             if os.path.basename(path) in ("url.yaml", "kg_url.yaml"):
@@ -190,9 +169,6 @@ def check_config_keys(keys: Iterable[str], source: str) -> None:
             )
 
 
-OVERRIDES_KEY = "model_overrides"
-
-
 def load_config_files(config_files: Optional[Iterable[str]]) -> Dict:
     """Merge YAML config files (later wins), checking every key; ``model_overrides`` sections merge per model.
 
@@ -214,7 +190,55 @@ def load_config_files(config_files: Optional[Iterable[str]]) -> Dict:
     return merged
 
 
-def settings_for(model: str, file_settings: Dict, command_line: Dict) -> Dict:
-    """One model's config_dict: config files < that model's ``model_overrides`` < command line."""
-    shared = {key: value for key, value in file_settings.items() if key != OVERRIDES_KEY}
-    return {**shared, **file_settings.get(OVERRIDES_KEY, {}).get(model, {}), **command_line}
+# The CLI's default budget (the embedded default finishes in about 9 minutes on 2 CPU cores, installs included);
+# it sits below everything the user wrote, config files included. --epochs=300 is RecBole's default.
+QUICK_START_BUDGET = {"epochs": 8}
+
+
+def run_settings(
+    model: str,
+    settings: Optional[Dict] = None,
+    command_line: Optional[Dict] = None,
+    *,
+    quick_start_budget: bool = False,
+    resumed_config: Optional[Config] = None,
+    seed: Optional[int] = None,
+    process: Optional[Dict] = None,
+) -> Dict:
+    """One run's ``config_dict``. Every run path (CLI, sweep, resume, each distributed rank) builds it here.
+
+    From lowest to highest precedence:
+
+    1. :data:`QUICK_START_BUDGET`, when ``quick_start_budget`` (the CLI's runs, not a resumed one);
+    2. the settings the ``resumed_config`` checkpoint was trained with, less its process layout
+       (:data:`DISTRIBUTED_KEYS`: the resumed run's layout is its own);
+    3. ``settings`` (what :func:`load_config_files` read), then its ``model_overrides`` section for ``model``;
+    4. ``command_line``;
+    5. ``seed`` and ``process`` (a distributed rank's layout: keys of :data:`DISTRIBUTED_KEYS`).
+    """
+    settings = settings or {}
+    saved: Dict = {}
+    if resumed_config is not None:
+        saved = getattr(resumed_config, "external_config_dict", {})
+        saved = {key: value for key, value in saved.items() if key not in DISTRIBUTED_KEYS}
+    return {
+        **(QUICK_START_BUDGET if quick_start_budget else {}),
+        **saved,
+        **{key: value for key, value in settings.items() if key != OVERRIDES_KEY},
+        **settings.get(OVERRIDES_KEY, {}).get(model, {}),
+        **(command_line or {}),
+        **({} if seed is None else {"seed": seed}),
+        **(process or {}),
+    }
+
+
+def build_config(
+    model: str = "ELASTIC",
+    dataset: str = "ml-100k",
+    config_file_list: Optional[List[str]] = None,
+    config_dict: Optional[Dict[str, Any]] = None,
+) -> ElasticConfig:
+    """RecBole config for ``model`` (plugin or built-in) on ``dataset`` with the plugin's YAML defaults."""
+    return ElasticConfig(
+        model=get_model(model), dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
+    )

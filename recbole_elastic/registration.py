@@ -11,8 +11,8 @@ from RecBole's own ``properties/model/<name>.yaml``. ``register()`` therefore
    model's is (after ``overall.yaml``, before ``sample.yaml``), and its dataset YAMLs after ``sample.yaml``;
 3. replaces ``recbole.quick_start.load_data_and_model``, whose ``torch.load`` (a local import, so it cannot be
    redirected) fails on torch >= 2.6, with :func:`recbole_elastic.quick_start.load_data_and_model` (same
-   arguments and return value), and gives ray 2.6.3 the ``np.bool8`` it needs under numpy 2. Import
-   ``load_data_and_model`` from ``recbole.quick_start`` after ``register()``.
+   arguments and return value), and gives ray 2.6.3 the ``np.bool8`` it needs under numpy 2 (``compat.apply``).
+   Import ``load_data_and_model`` from ``recbole.quick_start`` after ``register()``.
 
 Built-in models are untouched: their module names and YAMLs are not shadowed. Registration lives in the process
 that calls it: RecBole's multi-process runs (``torch.multiprocessing.spawn``) re-import the main script in each
@@ -25,29 +25,24 @@ import warnings
 from recbole.config import Config
 
 from recbole_elastic import compat
-from recbole_elastic.config import RECBOLE_UPDATE_INTERNAL_CONFIG, load_with_plugin_yamls
+from recbole_elastic.config import update_internal_config_dict
+from recbole_elastic.quick_start import load_data_and_model
 from recbole_elastic.utils import plugin_models
 
 RECBOLE_SEQUENTIAL = "recbole.model.sequential_recommender"
 
 
-def _update_internal_config_dict(self, file):
-    return load_with_plugin_yamls(self, file, RECBOLE_UPDATE_INTERNAL_CONFIG)
-
-
 def register() -> None:
     """Register the plugin's models with RecBole (idempotent). See the module docstring."""
-    compat.restore_numpy_aliases()
+    compat.apply()
     for name, model_class in plugin_models().items():
         sys.modules.setdefault(f"{RECBOLE_SEQUENTIAL}.{name.lower()}", sys.modules[model_class.__module__])
-    Config._update_internal_config_dict = _update_internal_config_dict
+    Config._update_internal_config_dict = update_internal_config_dict
     try:
         import recbole.quick_start as recbole_quick_start_package
         import recbole.quick_start.quick_start as recbole_quick_start
     except ImportError as error:  # ray missing or broken: get_model and Config still work
         warnings.warn(f"recbole.quick_start could not be imported ({error}); only get_model and Config are registered")
         return
-    from recbole_elastic.quick_start import load_data_and_model
-
     recbole_quick_start.load_data_and_model = load_data_and_model
     recbole_quick_start_package.load_data_and_model = load_data_and_model

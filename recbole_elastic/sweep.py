@@ -20,8 +20,9 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional, Sequence
 
-from recbole_elastic.config import settings_for
-from recbole_elastic.utils import atomic_write
+from recbole_elastic.atomic import atomic_write
+from recbole_elastic.config import run_settings
+from recbole_elastic.quick_start import run
 
 
 def _mean_std(values: List[float]) -> Dict[str, float]:
@@ -65,21 +66,23 @@ def run_sweep(
     output_dir: str,
     file_settings: Optional[Dict[str, Any]] = None,
     overrides: Optional[Dict[str, Any]] = None,
+    quick_start_budget: bool = False,
 ) -> Dict[str, Any]:
     """Train and evaluate each model for each seed; write and return the results table (see module docstring).
 
     ``file_settings`` is what :func:`recbole_elastic.config.load_config_files` read from the config files
-    (``model_overrides`` included); ``overrides`` (the command line) win over it.
+    (``model_overrides`` included); ``overrides`` (the command line) win over it, and both over the CLI's
+    quick-start budget when ``quick_start_budget`` (see :func:`recbole_elastic.config.run_settings`).
     """
-    from recbole_elastic.quick_start import run
-
     file_settings = file_settings or {}
     rows = []
     started = time.perf_counter()
     for model in models:
         runs, error = [], None
         for seed in seeds:
-            config_dict = {**settings_for(model, file_settings, overrides or {}), "seed": seed}
+            config_dict = run_settings(
+                model, file_settings, overrides, quick_start_budget=quick_start_budget, seed=seed
+            )
             try:
                 runs.append({"seed": seed, **run(model, dataset, config_dict=config_dict)})
             except Exception as exc:  # one model's failure must not stop the sweep

@@ -28,7 +28,7 @@ hyperparameter in ``properties/model/ELASTIC.yaml`` where it matters):
   target, so nothing leaks. No N x N tensor is ever built.
 """
 
-from typing import Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -119,7 +119,9 @@ class ELASTIC(DotProductSequentialRecommender):
         sequence_mask[:, 0] = True
         return self.embed_input(item_seq), sequence_mask
 
-    def retrieve_interests(self, sequence: torch.Tensor, sequence_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def retrieve_interests(
+        self, sequence: torch.Tensor, sequence_mask: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Initial interest tokens ``[B, k, H]`` and the memory slots they came from ``[B, k, memory_topk]``."""
         mask = sequence_mask.unsqueeze(-1).to(sequence.dtype)
         summary = (sequence * mask).sum(1) / mask.sum(1)
@@ -149,3 +151,26 @@ class ELASTIC(DotProductSequentialRecommender):
             raise ValueError("memory_slots needs use_interest_memory=True")
         sequence, sequence_mask = self.embed_sequence(interaction[self.ITEM_SEQ])
         return self.retrieve_interests(sequence, sequence_mask)[1]
+
+    @torch.no_grad()
+    def memory_slot_usage(self, eval_data) -> Optional[Dict[str, Any]]:
+        """How many distinct interest-memory slots are retrieved over ``eval_data``'s users (None without a
+        memory). A bank whose retrievals collapse onto a few slots is wasted capacity."""
+        if not self.use_interest_memory:
+            return None
+        was_training = self.training
+        self.eval()
+        counts = torch.zeros(self.interest_memory.n_slots, dtype=torch.long)
+        for batch in eval_data:
+            interaction = batch[0] if isinstance(batch, tuple) else batch
+            slots = self.memory_slots(interaction.to(self.device)).reshape(-1).cpu()
+            counts += torch.bincount(slots, minlength=counts.numel())
+        self.train(was_training)
+        used = int((counts > 0).sum())
+        share = counts.float() / counts.sum().clamp(min=1)
+        return {
+            "distinct_slots": used,
+            "total_slots": counts.numel(),
+            "fraction_used": used / counts.numel(),
+            "top10_share": float(share.topk(min(10, counts.numel())).values.sum()),  # retrievals on the 10 busiest
+        }

@@ -72,7 +72,12 @@ class CrossAttention(ProjectedAttention):
     """
 
     def __init__(
-        self, hidden_size: int, n_heads: int, hidden_dropout_prob: float, attn_dropout_prob: float, layer_norm_eps: float
+        self,
+        hidden_size: int,
+        n_heads: int,
+        hidden_dropout_prob: float,
+        attn_dropout_prob: float,
+        layer_norm_eps: float,
     ) -> None:
         super().__init__(hidden_size, n_heads, hidden_dropout_prob, layer_norm_eps)
         self.attn_dropout_prob = attn_dropout_prob
@@ -126,7 +131,7 @@ class LinearDispatcherBlock(nn.Module):
         sequence_mask: torch.Tensor,
         readout_index: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Return the updated sequence ``[B, N, H]`` (``[B, 1, H]`` with ``readout_index``) and interests ``[B, k, H]``."""
+        """The updated sequence ``[B, N, H]`` (``[B, 1, H]`` with ``readout_index``) and interests ``[B, k, H]``."""
         interests = self.aggregate_ffn(self.aggregate(interests, sequence, sequence_mask))
         if readout_index is not None:
             sequence = sequence.gather(1, readout_index.view(-1, 1, 1).expand(-1, 1, sequence.size(-1)))

@@ -10,7 +10,7 @@ from recbole_elastic.cli import main
 from recbole_elastic.config import load_config_files
 from recbole_elastic.sweep import run_sweep
 
-from conftest import tiny_run_config
+from tests.helpers import tiny_run_config
 
 
 def read_outputs(output_dir):
@@ -28,8 +28,12 @@ def test_three_model_sweep_with_seeds_writes_csv_json_and_markdown(tiny_data, tm
     config_file.write_text(yaml.safe_dump({"model_overrides": {"SASRec": {"n_layers": 1}}}))
     output_dir = str(tmp_path / "out")
     result = run_sweep(
-        ["ELASTIC", "SASRec", "LinRec"], "tiny", [1, 2], output_dir,
-        load_config_files([str(config_file)]), tiny_run_config(tiny_data),
+        ["ELASTIC", "SASRec", "LinRec"],
+        "tiny",
+        [1, 2],
+        output_dir,
+        load_config_files([str(config_file)]),
+        tiny_run_config(tiny_data),
     )
     rows, saved, markdown = read_outputs(output_dir)
 
@@ -48,7 +52,9 @@ def test_three_model_sweep_with_seeds_writes_csv_json_and_markdown(tiny_data, tm
     # SASRec and LinRec have the same layers; the per-model override gave SASRec 1 layer instead of 2
     assert result["rows"][1]["params"] < result["rows"][2]["params"]
     header = markdown.splitlines()[0]
-    assert header.startswith("| model | recall@10 |") and "p vs ELASTIC (mrr@10)" in header  # RecBole's default valid_metric
+    assert (
+        header.startswith("| model | recall@10 |") and "p vs ELASTIC (mrr@10)" in header
+    )  # RecBole's default valid_metric
     assert markdown.count("*") >= 5  # one best mark per metric column
     assert len([line for line in markdown.splitlines() if line.startswith("| ")]) == 4
 

@@ -7,9 +7,8 @@ from recbole_elastic.errors import ConfigError
 from recbole_elastic.model import ELASTIC
 from recbole_elastic.model.layers import LinearDispatcherBlock, ProductKeyInterestMemory
 
-from conftest import LargestTensor, PADDING_SEQUENCES as SEQUENCES, build_model, padded_batch, scores_at_two_paddings
-
-
+from tests.helpers import PADDING_SEQUENCES as SEQUENCES
+from tests.helpers import LargestTensor, build_model, padded_batch, scores_at_two_paddings
 
 
 @pytest.mark.parametrize("use_interest_memory", [True, False])
@@ -73,7 +72,6 @@ def test_product_key_topk_equals_brute_force_over_all_slots():
     brute_scores, brute_slots = all_slots.topk(4, dim=-1)
     assert torch.allclose(scores, brute_scores, atol=1e-5)
     assert torch.equal(slots, brute_slots)
-
 
 
 def test_retrieval_cost_grows_with_n_not_n_squared():

@@ -1,12 +1,14 @@
-"""ELASTIC through RecBole's own data pipeline, trainer, evaluator and checkpoints, on a tiny generated dataset."""
+"""Every plugin model through RecBole's own data pipeline, trainer, evaluator and checkpoints, on a tiny dataset."""
 
 import os
 
 import pytest
 
+from recbole_elastic.config import build_config
 from recbole_elastic.quick_start import run
+from recbole_elastic.utils import plugin_models
 
-from conftest import run_python_reporting, tiny_run_config
+from tests.helpers import run_python_reporting, tiny_run_config
 
 
 def assert_metrics_in_unit_interval(metrics):
@@ -15,9 +17,14 @@ def assert_metrics_in_unit_interval(metrics):
         assert 0.0 <= value <= 1.0, (name, value)
 
 
+@pytest.mark.parametrize("model", sorted(plugin_models()))
 @pytest.mark.parametrize("loss_type", ["CE", "BPR"])
-def test_one_epoch_train_and_evaluate(tiny_data, loss_type):
-    result = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, loss_type=loss_type))
+def test_one_epoch_train_and_evaluate(tiny_data, model, loss_type):
+    config_dict = tiny_run_config(tiny_data, loss_type=loss_type)
+    negatives = build_config(model, "tiny", config_dict=config_dict)["train_neg_sample_args"]["distribution"]
+    assert negatives == ("none" if loss_type == "CE" else "uniform")  # CE scores every item: no sampling
+    result = run(model, "tiny", config_dict=config_dict)
+    assert result["model"] == model
     assert result["epochs"] == 1 and len(result["epoch_seconds"]) == 1
     assert result["valid_curve"] == [pytest.approx(result["best_valid_score"])]
     assert set(result["test_result"]) == {"recall@10", "mrr@10", "ndcg@10", "hit@10", "precision@10"}
@@ -25,6 +32,9 @@ def test_one_epoch_train_and_evaluate(tiny_data, loss_type):
     assert_metrics_in_unit_interval(result["best_valid_result"])
     assert os.path.isfile(result["model_file"])
     usage = result["memory_usage"]  # slots retrieved over the test users
+    if model != "ELASTIC":
+        assert usage is None
+        return
     assert usage["total_slots"] == 8 * 8 and 1 <= usage["distinct_slots"] <= 64
     assert 0 < usage["top10_share"] <= 1
 

@@ -3,7 +3,7 @@ load_data_and_model, objective_function) find the plugin's models by name, in a 
 
 import json
 
-from conftest import run_python_reporting, tiny_run_config
+from tests.helpers import run_python_reporting, tiny_run_config
 
 SCRIPT = r"""
 import glob, json, sys

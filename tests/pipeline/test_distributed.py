@@ -12,7 +12,7 @@ from recbole_elastic.distributed import run_distributed
 from recbole_elastic.errors import ConfigError, DatasetFormatError
 from recbole_elastic.quick_start import load_data_and_model
 
-from conftest import tiny_run_config, write_tiny_dataset
+from tests.helpers import tiny_run_config, write_tiny_dataset
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -83,4 +83,6 @@ def test_a_ranks_error_reaches_the_caller(tiny_data):
 
 def test_ranks_must_fit_in_world_size(tiny_data):
     with pytest.raises(ConfigError, match="outside world_size=2"):
-        run_distributed("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data), nproc=2, world_size=2, group_offset=1)
+        run_distributed(
+            "ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data), nproc=2, world_size=2, group_offset=1
+        )

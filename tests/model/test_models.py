@@ -6,7 +6,7 @@ import torch
 from recbole_elastic.errors import ConfigError
 from recbole_elastic.model import ELASTIC, LinRec
 
-from conftest import LargestTensor, build_model, padded_batch
+from tests.helpers import LargestTensor, build_model, padded_batch
 
 MODELS = [ELASTIC, LinRec]
 

@@ -6,17 +6,31 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO_ROOT, tiny_run_config
+from recbole_elastic.evaluate import held_out_ranks
+from recbole_elastic.quick_start import run
 
-from recbole_elastic.quick_start import held_out_ranks, run
+from tests.helpers import REPO_ROOT, tiny_run_config
 
 
 def test_efficiency_benchmark_runs_at_two_tiny_lengths(tmp_path):
     out = tmp_path / "bench"
     command = [
-        sys.executable, os.path.join(REPO_ROOT, "benchmarks", "efficiency.py"),
-        "--lengths", "8,16", "--models", "ELASTIC,SASRec,LinRec", "--n-items", "50", "--batch-size", "2",
-        "--warmup", "0", "--repeats", "1", "--out", str(out),
+        sys.executable,
+        os.path.join(REPO_ROOT, "benchmarks", "efficiency.py"),
+        "--lengths",
+        "8,16",
+        "--models",
+        "ELASTIC,SASRec,LinRec",
+        "--n-items",
+        "50",
+        "--batch-size",
+        "2",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
     ]
     process = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert process.returncode == 0, process.stderr[-3000:]

@@ -1,17 +1,24 @@
-"""The command line's answers to a missing dataset and an unknown model: one clear message, exit status 2."""
+"""The command line: one clear message (exit status 2) for a missing dataset or an unknown model; resume."""
 
 import os
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
+from recbole_elastic.cli import main
+from recbole_elastic.quick_start import run
+
+from tests.helpers import REPO_ROOT, tiny_run_config
 
 SCRIPT = os.path.join(REPO_ROOT, "run_recbole_elastic.py")
 
 
 def run_cli(*args, cwd):
     return subprocess.run(
-        [sys.executable, SCRIPT, *args], capture_output=True, text=True, cwd=cwd, timeout=300,
+        [sys.executable, SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": REPO_ROOT},
     )
 
@@ -45,3 +52,10 @@ def test_unknown_model_gets_one_clear_message(tmp_path):
     assert "Unknown model 'SASrec'" in process.stderr
     assert "SASRec" in process.stderr  # the closest known name
     assert "No module named" not in process.stderr
+
+
+def test_resume_from_the_command_line(tiny_data, capsys):
+    first = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, epochs=1))
+    assert main([f"--checkpoint={first['model_file']}", "--epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "ELASTIC on tiny (1 epochs" in out and first["model_file"] in out

@@ -1,0 +1,149 @@
+"""RecBole's trainer as the plugin's run path uses it: plain subclasses, chosen by one :func:`get_trainer`.
+
+* :class:`ElasticTrainer` is RecBole's ``Trainer`` that also times each training epoch, keeps the validation score
+  of each evaluation, and writes checkpoints atomically (RecBole writes in place, so a crash mid-write would leave
+  half a checkpoint where the last good one was).
+* :class:`DistributedElasticTrainer` is that trainer for distributed configs (``single_spec`` False). RecBole
+  1.2.1 assumes CUDA and a shared clock; this trainer
+
+  - builds DDP without ``device_ids`` on CPU (a CPU module rejects them), and converts BatchNorm layers to
+    SyncBatchNorm only on CUDA (it only runs on GPUs);
+  - gives every rank rank 0's checkpoint file name (RecBole derives it from each process's local time);
+  - before loading the best model, waits for every rank (barrier); then rank 0 reads the checkpoint it wrote and
+    broadcasts the weights, so the other ranks, even on other machines, never read a file they may not have;
+  - after training, compares digests of the ranks' parameters (logged if they differ: gradients were not
+    synchronised) and reports them as ``rank_parameter_digests``.
+
+  The training loop is RecBole's, gradient synchronisation included (``set_reduce_hook`` + ``sync_grad_loss``).
+
+Models whose RecBole trainer is not ``Trainer`` itself (S3Rec's pre-training trainer, knowledge-aware models'
+trainers) get the same behaviour through the same mixins on top of their own trainer class.
+"""
+
+import functools
+import os
+import time
+from typing import Any, Dict, List, Type
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from recbole.trainer import Trainer
+from recbole.utils import get_trainer as recbole_get_trainer
+from recbole.utils import set_color
+
+from recbole_elastic.atomic import atomic_path
+from recbole_elastic.compat import load_checkpoint
+from recbole_elastic.process_group import broadcast_object, gather_object, parameter_digest
+
+
+class RecordingMixin:
+    """Epoch times, the validation curve and atomic checkpoint writes, on top of any RecBole trainer."""
+
+    def __init__(self, config, model) -> None:
+        super().__init__(config, model)
+        self.epoch_seconds: List[float] = []  # wall time of each training epoch run
+        self.valid_curve: List[float] = []  # the validation score after each evaluation
+
+    def _train_epoch(self, *args, **kwargs):
+        start = time.perf_counter()
+        result = super()._train_epoch(*args, **kwargs)
+        self.epoch_seconds.append(time.perf_counter() - start)
+        return result
+
+    def _valid_epoch(self, *args, **kwargs):
+        score, result = super()._valid_epoch(*args, **kwargs)
+        self.valid_curve.append(float(score))
+        return score, result
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        final = kwargs.pop("saved_model_file", self.saved_model_file)
+        with atomic_path(final) as temporary:
+            super()._save_checkpoint(epoch, verbose=False, saved_model_file=temporary, **kwargs)
+            written = os.path.exists(temporary)  # only rank 0 writes in distributed runs
+        if written and verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {final}")
+
+    def run_record(self) -> Dict[str, Any]:
+        """What the run returns about training: epochs run, seconds per epoch, validation curve."""
+        return {"epochs": len(self.epoch_seconds), "epoch_seconds": self.epoch_seconds, "valid_curve": self.valid_curve}
+
+
+class DistributedMixin:
+    """A RecBole trainer's distributed behaviour on CPU (gloo) and CUDA (NCCL); see the module docstring."""
+
+    def __init__(self, config, model) -> None:
+        on_cuda = config["device"].type == "cuda"
+        if on_cuda:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # RecBole's AbstractTrainer builds DDP with device_ids=[local_rank], which a CPU module rejects: let it
+        # build the single-process trainer, then wrap the model here.
+        config["single_spec"] = True
+        try:
+            super().__init__(config, model)
+        finally:
+            config["single_spec"] = False
+        self.distributed_model = DistributedDataParallel(
+            self.model, device_ids=[config["local_rank"]] if on_cuda else None
+        )
+        self.saved_model_file = broadcast_object(self.saved_model_file)
+        self.rank_parameter_digests: List[str] = []
+
+    def fit(self, *args, **kwargs):
+        result = super().fit(*args, **kwargs)
+        self.rank_parameter_digests = gather_object(parameter_digest(self.model))
+        if len(set(self.rank_parameter_digests)) > 1:
+            self.logger.warning(
+                f"The ranks' parameters differ after training (digests {self.rank_parameter_digests}): gradients "
+                "were not synchronised. A custom _train_epoch must call set_reduce_hook() and add sync_grad_loss()."
+            )
+        return result
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if eval_data and load_best_model:
+            self._load_from_rank_zero(model_file or self.saved_model_file)
+        return super().evaluate(eval_data, load_best_model=False, model_file=model_file, show_progress=show_progress)
+
+    def _load_from_rank_zero(self, checkpoint_file: str) -> None:
+        dist.barrier()  # every rank has finished training, and rank 0 has written the checkpoint
+        other_parameter = None
+        if dist.get_rank() == 0:
+            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            other_parameter = checkpoint.get("other_parameter")
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        for tensor in self.model.state_dict().values():  # share storage with the parameters and buffers
+            dist.broadcast(tensor, src=0)
+        self.model.load_other_parameter(broadcast_object(other_parameter))
+
+    def run_record(self) -> Dict[str, Any]:
+        return {
+            **super().run_record(),
+            "rank_parameter_digests": self.rank_parameter_digests,
+            "world_size": dist.get_world_size(),
+        }
+
+
+class ElasticTrainer(RecordingMixin, Trainer):
+    """RecBole's ``Trainer`` with epoch times, the validation curve and atomic checkpoint writes."""
+
+
+class DistributedElasticTrainer(DistributedMixin, ElasticTrainer):
+    """:class:`ElasticTrainer` for a distributed run, on CPU (gloo) or CUDA (NCCL)."""
+
+
+def get_trainer(config) -> Type:
+    """The trainer class for ``config``'s model: RecBole's choice for that model, with the plugin's behaviour,
+    in its distributed form when the config is distributed (``single_spec`` False)."""
+    return _trainer_class(recbole_get_trainer(config["MODEL_TYPE"], config["model"]), not config["single_spec"])
+
+
+@functools.lru_cache(maxsize=None)
+def _trainer_class(base: Type, distributed: bool) -> Type:
+    if base is Trainer:
+        return DistributedElasticTrainer if distributed else ElasticTrainer
+    mixins = (DistributedMixin, RecordingMixin) if distributed else (RecordingMixin,)
+    prefix = "DistributedRecording" if distributed else "Recording"
+    return type(f"{prefix}{base.__name__}", (*mixins, base), {})

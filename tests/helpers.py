@@ -1,0 +1,140 @@
+"""Shared test helpers: models built without a dataset, a tiny generated RecBole dataset, CLI and subprocess runs."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from typing import Any, Dict, List
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from recbole.data.interaction import Interaction
+
+from recbole_elastic.cli import main
+from recbole_elastic.standalone import build_standalone_model
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def build_model(model_class, n_items: int = 30, max_len: int = 20, **overrides):
+    """A model of ``model_class`` with its YAML defaults, without any RecBole dataset."""
+    return build_standalone_model(model_class.__name__, n_items, max_len, **overrides)
+
+
+def write_tiny_dataset(root: str, name: str = "tiny", n_users: int = 40, n_items: int = 60, seed: int = 0) -> str:
+    """Write ``root/name/name.inter`` (user_id, item_id, timestamp) and return ``root``."""
+    rng = random.Random(seed)
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for user in range(1, n_users + 1):
+        for step in range(rng.randint(6, 14)):
+            lines.append(f"{user}\t{rng.randint(1, n_items)}\t{1_000_000 + user * 100 + step}")
+    with open(os.path.join(folder, f"{name}.inter"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return root
+
+
+def tiny_run_config(data_path: str, **overrides) -> Dict[str, Any]:
+    """A config_dict that trains a small model for one epoch on the tiny dataset in seconds."""
+    config = {
+        "data_path": data_path,
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "MAX_ITEM_LIST_LENGTH": 10,
+        "epochs": 1,
+        "train_batch_size": 64,
+        "eval_batch_size": 256,
+        "hidden_size": 16,
+        "inner_size": 32,
+        "n_interests": 4,
+        "memory_keys": 8,
+        "memory_topk": 2,
+        "memory_key_dim": 8,
+        "show_progress": False,
+        "checkpoint_dir": os.path.join(data_path, "saved"),
+        "seed": 7,
+        "gpu_id": "",
+    }
+    config.update(overrides)
+    return config
+
+
+def padded_batch(sequences, width: int) -> Interaction:
+    """An interaction of left-aligned item sequences right-padded with 0 to ``width``."""
+    item_seq = torch.zeros(len(sequences), width, dtype=torch.long)
+    for row, items in enumerate(sequences):
+        item_seq[row, : len(items)] = torch.tensor(items)
+    return Interaction({"item_id_list": item_seq, "item_length": torch.tensor([len(s) for s in sequences])})
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an operation produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(tensor, torch.Tensor):
+                self.largest = max(self.largest, tensor.numel())
+        return out
+
+
+PADDING_SEQUENCES = [[3, 5, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [11], [4, 4, 9, 21, 13]]
+
+
+def scores_at_two_paddings(model):
+    """``full_sort_predict`` of the same sequences right-padded to width 10 and to width 20 (eval mode)."""
+    model.eval()
+    with torch.no_grad():
+        return (
+            model.full_sort_predict(padded_batch(PADDING_SEQUENCES, 10)),
+            model.full_sort_predict(padded_batch(PADDING_SEQUENCES, 20)),
+        )
+
+
+def run_python_reporting(script: str, *args: str, marker: str = "REPORT ", timeout: int = 600):
+    """Run ``script`` in a fresh interpreter (cwd = the test's cwd) and parse its ``marker``-prefixed JSON line."""
+    process = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        cwd=os.getcwd(),
+        env={**os.environ, "PYTHONPATH": REPO_ROOT},
+        timeout=timeout,
+    )
+    assert process.returncode == 0, process.stderr[-4000:]
+    line = next(row for row in process.stdout.splitlines() if row.startswith(marker))
+    return json.loads(line[len(marker) :])
+
+
+def cli_args(data_path: str, dataset: str = "tiny", **extra) -> List[str]:
+    """Command-line arguments that train on the tiny dataset with :func:`tiny_run_config`'s settings."""
+    config = {**tiny_run_config(data_path), **extra}
+    config.pop("load_col")
+    args = [f"--dataset={dataset}", *(f"--{key}={value}" for key, value in config.items())]
+    return args + ["--load_col={'inter': ['user_id', 'item_id', 'timestamp']}"]
+
+
+def run_cli_expecting_error(capsys, args: List[str]) -> str:
+    """Run the CLI in-process; assert it ends with exit status 2 and one message, no traceback; return it."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def write_inter(data_path: str, name: str, text: str) -> None:
+    folder = os.path.join(data_path, name)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{name}.inter"), "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def no_checkpoints(data_path: str) -> bool:
+    saved = os.path.join(data_path, "saved")
+    return not os.path.isdir(saved) or not os.listdir(saved)

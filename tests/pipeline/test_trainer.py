@@ -1,0 +1,49 @@
+"""The plugin's trainer: a NaN loss keeps the last good checkpoint; resuming continues after the saved epoch."""
+
+import os
+
+import pytest
+import torch
+
+from recbole_elastic.compat import load_checkpoint
+from recbole_elastic.errors import TrainingDivergedError
+from recbole_elastic.model import ELASTIC
+from recbole_elastic.quick_start import run
+
+from tests.helpers import tiny_run_config
+
+
+def test_nan_loss_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(tiny_data, monkeypatch):
+    from recbole.trainer import Trainer
+
+    state = {"epoch": 0}
+    train_epoch, calculate_loss = Trainer._train_epoch, ELASTIC.calculate_loss
+
+    def tracking_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        state["epoch"] = epoch_idx
+        return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
+
+    def diverging_loss(self, interaction):  # epoch 0 trains normally, epoch 1's loss is NaN
+        loss = calculate_loss(self, interaction)
+        return loss * float("nan") if state["epoch"] >= 1 else loss
+
+    monkeypatch.setattr(Trainer, "_train_epoch", tracking_epoch)
+    monkeypatch.setattr(ELASTIC, "calculate_loss", diverging_loss)
+    config = tiny_run_config(tiny_data, epochs=3)
+    with pytest.raises(TrainingDivergedError) as error:
+        run("ELASTIC", "tiny", config_dict=config)
+    message = str(error.value)
+    assert "became NaN in epoch 1" in message and "last good checkpoint is kept" in message
+    kept = message.split("kept: ")[1].split(".pth")[0] + ".pth"
+    checkpoint = load_checkpoint(kept)
+    assert checkpoint["epoch"] == 0  # written after the good epoch, intact and loadable
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+    assert not [f for f in os.listdir(os.path.dirname(kept)) if f.endswith(".partial")]
+
+
+def test_resume_continues_after_the_saved_epoch(tiny_data):
+    first = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, epochs=1))
+    assert load_checkpoint(first["model_file"])["epoch"] == 0
+    resumed = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, epochs=3), checkpoint=first["model_file"])
+    assert resumed["epochs"] == 2  # epochs 1 and 2: epoch 0 is not trained again
+    assert resumed["model_file"] == first["model_file"]
