@@ -40,6 +40,11 @@ def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
     parser.add_argument(
         "--eval_only", action="store_true", help="with --checkpoint: only evaluate the saved model on the test split"
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print RecBole's config dump, model and info lines (the log has them)",
+    )
     args, rest = parser.parse_known_args(argv)
     overrides: Dict[str, Any] = {}
     for arg in rest:
@@ -47,6 +52,8 @@ def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
         if not key or not sep:
             parser.error(f"unrecognised argument '{arg}': config overrides are written --key=value")
         overrides[key] = value
+    if args.verbose:
+        overrides["verbose_console"] = True
     return args, overrides
 
 
@@ -100,7 +107,12 @@ def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
     )
     if result is None:  # a machine without global rank 0: rank 0's machine reports
         return 0
-    print(f"\n{result['model']} on {result['dataset']} ({result['epochs']} epochs, {result['params']} parameters)")
+    epochs = f"{result['epochs']} epochs"
+    if args.checkpoint:
+        first, count = result["first_epoch"], result["epochs"]
+        epochs += f" ({first}..{first + count - 1})" if count else " (the checkpoint had reached --epochs)"
+        epochs += f" after resuming from {args.checkpoint}"
+    print(f"\n{result['model']} on {result['dataset']} ({epochs}, {result['params']} parameters, {result['device']})")
     print(
         f"best valid ({result['valid_metric']} = {result['best_valid_score']:.4f}): "
         f"{format_metrics(result['best_valid_result'])}"

@@ -33,7 +33,7 @@ from recbole.utils import ModelType
 from recbole_elastic import compat
 from recbole_elastic.errors import ConfigError
 from recbole_elastic.process_group import distributed_on_cuda, init_cpu_process_group
-from recbole_elastic.utils import get_model
+from recbole_elastic.utils import RECBOLE_DIR, get_model
 
 # RecBole's own loader, captured before ``register()`` installs the plugin's hook on RecBole's Config.
 RECBOLE_UPDATE_INTERNAL_CONFIG = Config._update_internal_config_dict
@@ -61,18 +61,31 @@ def update_internal_config_dict(config: Config, file: str) -> Optional[Dict]:
     RecBole's ``Config``.
 
     RecBole loads, in order: overall, <model>.yaml, sample.yaml, <dataset>.yaml, quick-start YAMLs. Hooking the
-    moment ``sample.yaml`` is read puts the plugin's model YAML exactly where a built-in model's sits, and the
-    plugin's dataset YAML right after the generic dataset defaults.
+    moment ``sample.yaml`` is read puts the plugin's model YAML exactly where a built-in model's sits. Then:
+
+    * on the plugin's own run path (``ElasticConfig``), the plugin's dataset YAML follows the generic dataset
+      defaults, and a dataset that neither RecBole nor the plugin has a YAML for loads every column of its files
+      (RecBole's ``sample.yaml`` would keep only user and item ids, dropping the timestamp sequences sort by);
+    * through ``register()`` (RecBole's own ``Config``), only plugin models change: their YAML, and negatives
+      that follow ``loss_type`` as on the plugin's path. Built-in models' settings stay exactly RecBole's.
     """
     is_sample = os.path.basename(file) == "sample.yaml"
     model_file = plugin_yaml("model", config.model) if is_sample else None
     if model_file:
         RECBOLE_UPDATE_INTERNAL_CONFIG(config, model_file)
     loaded = RECBOLE_UPDATE_INTERNAL_CONFIG(config, file)
-    dataset_file = plugin_yaml("dataset", config.dataset) if is_sample else None
-    if dataset_file:
-        dataset_keys = RECBOLE_UPDATE_INTERNAL_CONFIG(config, dataset_file) or {}
-        config.parameters["Dataset"] += [key for key in dataset_keys if key not in config.parameters["Dataset"]]
+    if not is_sample:
+        return loaded
+    if isinstance(config, ElasticConfig):
+        dataset_file = plugin_yaml("dataset", config.dataset)
+        if dataset_file:
+            dataset_keys = RECBOLE_UPDATE_INTERNAL_CONFIG(config, dataset_file) or {}
+            config.parameters["Dataset"] += [key for key in dataset_keys if key not in config.parameters["Dataset"]]
+        elif not os.path.isfile(os.path.join(RECBOLE_DIR, "properties", "dataset", f"{config.dataset}.yaml")):
+            config.internal_config_dict["load_col"] = None  # RecBole's spelling of "every column"
+    elif model_file and "train_neg_sample_args" not in config.external_config_dict:
+        loss_type = config.external_config_dict.get("loss_type", config.internal_config_dict.get("loss_type"))
+        config.internal_config_dict["train_neg_sample_args"] = negatives_for(loss_type)
     return loaded
 
 
@@ -90,6 +103,7 @@ class ElasticConfig(Config):
 
     def _get_final_config_dict(self) -> Dict:
         final = super()._get_final_config_dict()
+        final.setdefault("verbose_console", False)  # RecBole's config dump, model repr and info lines on the console
         align_negative_sampling(final, self.external_config_dict)
         return final
 
@@ -105,6 +119,13 @@ class ElasticConfig(Config):
             super()._init_device()
         else:
             init_cpu_process_group(final)
+        final["use_gpu"] = final["device"].type == "cuda"  # RecBole leaves True on a machine without a GPU
+
+
+def negatives_for(loss_type: Optional[str]) -> Optional[Dict]:
+    """Default ``train_neg_sample_args`` for a sequential model's ``loss_type``: none for CE (it scores every
+    item; RecBole raises otherwise), one uniform negative per positive for BPR."""
+    return dict(BPR_DEFAULT_NEGATIVES) if loss_type == "BPR" else None
 
 
 def align_negative_sampling(final: Dict, external: Dict) -> None:
@@ -116,7 +137,7 @@ def align_negative_sampling(final: Dict, external: Dict) -> None:
     negatives = final.get("train_neg_sample_args")
     if loss_type == "CE":
         if not user_set:
-            final["train_neg_sample_args"] = None
+            final["train_neg_sample_args"] = negatives_for(loss_type)
         elif negatives not in (None, "None") and negatives.get("distribution") not in (None, "none", "None"):
             raise ConfigError(
                 "loss_type=CE scores every item, so it takes no negative samples, but train_neg_sample_args is "
@@ -124,7 +145,7 @@ def align_negative_sampling(final: Dict, external: Dict) -> None:
             )
     elif loss_type == "BPR":
         if not user_set and negatives is None:
-            final["train_neg_sample_args"] = dict(BPR_DEFAULT_NEGATIVES)
+            final["train_neg_sample_args"] = negatives_for(loss_type)
         elif negatives is None or negatives == "None":
             raise ConfigError(
                 "loss_type=BPR needs negative samples, but train_neg_sample_args is ~. Remove it to get one uniform "

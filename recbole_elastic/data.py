@@ -9,11 +9,12 @@ naming the file and what to do.
 import os
 import shutil
 from logging import getLogger
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Set, Tuple
 
 import yaml
 
 from recbole.data import create_dataset, data_preparation
+from recbole.utils import ModelType
 
 from recbole_elastic.errors import DatasetFormatError, DatasetNotFoundError
 from recbole_elastic.utils import RECBOLE_DIR
@@ -32,6 +33,9 @@ def prepare_data(config) -> Tuple[Any, Any, Any, Any]:
                 f"user_inter_num_interval ({config['user_inter_num_interval']}), item_inter_num_interval "
                 f"({config['item_inter_num_interval']}) or val_interval ({config['val_interval']})."
             ) from error
+        bad_value = first_unparsable_value(config)
+        if bad_value:
+            raise DatasetFormatError(bad_value) from error
         raise DatasetFormatError(
             f"Could not read {where}: {error}. Check that every value matches its header type (':float' "
             "columns hold numbers) and that the columns match field_separator."
@@ -60,17 +64,27 @@ def ensure_dataset(config) -> None:
     suffixes = config["benchmark_filename"] or [None]
     needed = [os.path.join(dataset_dir, f"{name}.inter" if s is None else f"{name}.{s}.inter") for s in suffixes]
     if not all(os.path.isfile(path) for path in needed):
-        _download_dataset(name, dataset_dir, needed)
+        _download_dataset(name, dataset_dir, needed, example_header(config))
     for path in needed:
         check_atomic_header(config, path)
 
 
-def _download_dataset(name: str, dataset_dir: str, needed: List[str]) -> None:
-    """Fetch RecBole's archive of ``name`` into ``dataset_dir``; :class:`DatasetNotFoundError` when impossible."""
+def example_header(config) -> str:
+    """The ``.inter`` header this config reads, e.g. ``user_id:token\\titem_id:token\\ttimestamp:float``."""
+    ids = (config["USER_ID_FIELD"], config["ITEM_ID_FIELD"])
+    fields = list((config["load_col"] or {}).get("inter") or [*ids, config["TIME_FIELD"]])
+    return "\\t".join(f"{field}:{'token' if field in ids else 'float'}" for field in fields)
+
+
+def _download_dataset(name: str, dataset_dir: str, needed: List[str], header: str) -> None:
+    """Fetch RecBole's archive of ``name`` into ``dataset_dir``; :class:`DatasetNotFoundError` when impossible.
+
+    On failure, whatever the attempt left (the folder it created, or files in an existing folder) is removed.
+    """
     where = (
-        f"Put RecBole atomic files ({name}.inter with a header such as 'user_id:token\\titem_id:token\\t"
-        f"timestamp:float'; optionally {name}.user and {name}.item) in {dataset_dir}/, or set data_path to the "
-        f"folder that holds a '{name}/' folder (--data_path=/path/to/datasets)."
+        f"Put RecBole atomic files ({name}.inter with the header '{header}'; optionally {name}.user and "
+        f"{name}.item) in {dataset_dir}/, or set data_path to the folder that holds a '{name}/' folder "
+        "(--data_path=/path/to/datasets)."
     )
     looked_for = ", ".join(needed)
     url = _download_url(name)
@@ -81,7 +95,8 @@ def _download_dataset(name: str, dataset_dir: str, needed: List[str]) -> None:
         )
     from recbole.utils.url import download_url, extract_zip, rename_atomic_files
 
-    created = not os.path.exists(dataset_dir)
+    existing = set(os.listdir(dataset_dir)) if os.path.isdir(dataset_dir) else None
+    created = _first_missing_folder(dataset_dir)  # e.g. RecBole's default 'dataset/' above the dataset's folder
     getLogger().info(f"Dataset '{name}' not found at {dataset_dir}; downloading {url}")
     try:
         os.makedirs(dataset_dir, exist_ok=True)
@@ -89,18 +104,75 @@ def _download_dataset(name: str, dataset_dir: str, needed: List[str]) -> None:
         extract_zip(archive, dataset_dir)
         os.unlink(archive)
         rename_atomic_files(dataset_dir, os.path.splitext(os.path.basename(archive))[0], name)
+        if not all(os.path.isfile(path) for path in needed):
+            raise FileNotFoundError(f"the archive has no {looked_for}")
     except Exception as error:  # network, disk or archive errors all end the same way for the user
-        if created:
-            shutil.rmtree(dataset_dir, ignore_errors=True)
+        _remove_download(dataset_dir, existing, created)
         raise DatasetNotFoundError(
             f"Dataset '{name}' not found: looked for {looked_for}, and downloading it from {url} failed "
             f"({type(error).__name__}: {error}). {where}"
         ) from error
-    if not all(os.path.isfile(path) for path in needed):
-        raise DatasetNotFoundError(f"Downloaded '{name}' from {url}, but {looked_for} is still missing. {where}")
+
+
+def _first_missing_folder(path: str) -> Optional[str]:
+    """The outermost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
+    path = os.path.abspath(path)
+    missing = None
+    while not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
+
+
+def _remove_download(dataset_dir: str, existing: Optional[Set[str]], created: Optional[str]) -> None:
+    """Undo a failed download: the folders it created, or else only the entries it added to ``dataset_dir``."""
+    if created:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for entry in set(os.listdir(dataset_dir)) - (existing or set()):
+        path = os.path.join(dataset_dir, entry)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
 
 
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def first_unparsable_value(config) -> Optional[str]:
+    """A message naming the file, line and column of the first value that does not parse as its header type
+    (``float``, or each element of ``float_seq``), searching the dataset's atomic files; None if every value does.
+
+    RecBole's own error (a pandas ``ValueError``) names neither; this runs only after loading has failed.
+    """
+    separator = config["field_separator"] or "\t"
+    seq_separator = config["seq_separator"] or " "
+    folder = config["data_path"]
+    for suffix in ("inter", "user", "item"):
+        path = os.path.join(folder, f"{config['dataset']}.{suffix}")
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().rstrip("\r\n").split(separator)
+            kinds = [column.partition(":")[2] for column in header]
+            for line_number, line in enumerate(f, start=2):
+                values = line.rstrip("\r\n").split(separator)
+                for column, kind, value in zip(header, kinds, values):
+                    elements = value.split(seq_separator) if kind == "float_seq" else [value]
+                    if kind in ("float", "float_seq") and not all(_parses_as_float(e) for e in elements if e):
+                        return (
+                            f"{path}, line {line_number}, column '{column}': '{value}' is not a number. Fix the "
+                            f"value, or declare the column as ':token' if it is not numeric."
+                        )
+    return None
+
+
+def _parses_as_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_atomic_header(config, path: str) -> None:
@@ -127,11 +199,16 @@ def check_atomic_header(config, path: str) -> None:
                 f"(e.g. 'user_id:token', 'timestamp:float')."
             )
         names.append(name)
-    wanted = list((config["load_col"] or {}).get("inter", []) or []) if path.endswith(".inter") else []
-    wanted += [config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]] if path.endswith(".inter") else []
+    wanted = []
+    if path.endswith(".inter"):
+        wanted = list((config["load_col"] or {}).get("inter", []) or [])
+        wanted += [config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]]
+        if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+            wanted.append(config["TIME_FIELD"])  # sequences are ordered by it
     missing = [field for field in dict.fromkeys(wanted) if field not in names]
     if missing:
         raise DatasetFormatError(
-            f"{path}: column(s) {missing} are needed (USER_ID_FIELD, ITEM_ID_FIELD and load_col) but the file has "
-            f"{names}. Add them to the file, or change load_col / the *_FIELD settings."
+            f"{path}: column(s) {missing} are needed (USER_ID_FIELD, ITEM_ID_FIELD, TIME_FIELD for sequential "
+            f"models, and load_col) but the file has {names}; this run reads the header '{example_header(config)}'. "
+            "Add them to the file, or change load_col / the *_FIELD settings."
         )

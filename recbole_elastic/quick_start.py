@@ -5,6 +5,7 @@ imports ``recbole.quick_start`` (which imports ray). :func:`load_data_and_model`
 model through the same steps.
 """
 
+import logging
 import os
 from logging import getLogger
 from typing import Any, Dict, List, Optional, Tuple
@@ -71,6 +72,7 @@ def run(
         "best_valid_result": dict(best_valid_result or {}),
         "test_result": dict(test_result),
         "model_file": trainer.saved_model_file if saved else None,
+        "device": str(config["device"]),
         **trainer.run_record(),
         "params": sum(p.numel() for p in model_obj.parameters() if p.requires_grad),
         "memory_usage": memory_usage,
@@ -113,10 +115,14 @@ def load_data_and_model(model_file: str) -> Tuple[Any, torch.nn.Module, Any, Any
 
 
 def start_logging(config) -> None:
-    """RecBole's ``init_logger``, after removing the handlers an earlier run installed.
+    """RecBole's ``init_logger`` (log file and console), after removing the handlers an earlier run installed.
 
     ``init_logger`` uses ``logging.basicConfig``, which does nothing once the root logger has handlers: without
     this, every run after the first in one process (a sweep) would log into the first run's file.
+
+    The log file gets everything RecBole logs. Unless ``verbose_console`` is set, the console gets only warnings,
+    the plugin's own lines (one per epoch) and RecBole's progress bars; Python warnings (pandas' and torch's
+    FutureWarnings inside RecBole) go to the log file.
     """
     root = getLogger()
     for handler in root.handlers[:]:
@@ -125,8 +131,20 @@ def start_logging(config) -> None:
             handler.close()
     before = set(root.handlers)
     init_logger(config)
+    quiet = not config["verbose_console"]
+    logging.captureWarnings(quiet)
     for handler in set(root.handlers) - before:
         handler._recbole_elastic = True
+        if quiet and not isinstance(handler, logging.FileHandler):
+            handler.addFilter(quiet_console)
+
+
+def quiet_console(record: logging.LogRecord) -> bool:
+    """The console filter of a quiet run: the plugin's lines and warnings, not RecBole's info or Python's
+    warnings (those stay in the log file)."""
+    if record.name.startswith("recbole_elastic"):
+        return True
+    return record.levelno >= logging.WARNING and record.name != "py.warnings"
 
 
 def diverged(config, trainer, saved: bool) -> TrainingDivergedError:

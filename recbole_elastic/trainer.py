@@ -2,7 +2,8 @@
 
 * :class:`ElasticTrainer` is RecBole's ``Trainer`` that also times each training epoch, keeps the validation score
   of each evaluation, and writes checkpoints atomically (RecBole writes in place, so a crash mid-write would leave
-  half a checkpoint where the last good one was).
+  half a checkpoint where the last good one was). Checkpoints are named ``<model>-<dataset>-<time>.pth``, and a
+  resumed run writes its own file (RecBole would keep saving into, and so replace, the file it resumed from).
 * :class:`DistributedElasticTrainer` is that trainer for distributed configs (``single_spec`` False). RecBole
   1.2.1 assumes CUDA and a shared clock; this trainer
 
@@ -23,6 +24,7 @@ trainers) get the same behaviour through the same mixins on top of their own tra
 import functools
 import os
 import time
+from logging import getLogger
 from typing import Any, Dict, List, Type
 
 import torch
@@ -30,12 +32,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from recbole.trainer import Trainer
+from recbole.utils import get_local_time, set_color
 from recbole.utils import get_trainer as recbole_get_trainer
-from recbole.utils import set_color
 
 from recbole_elastic.atomic import atomic_path
 from recbole_elastic.compat import load_checkpoint
 from recbole_elastic.process_group import broadcast_object, gather_object, parameter_digest
+
+# One line per epoch on a quiet console (see quick_start.start_logging); RecBole's own lines go to the log file.
+EPOCH_LOGGER = getLogger("recbole_elastic.epochs")
 
 
 class RecordingMixin:
@@ -45,17 +50,47 @@ class RecordingMixin:
         super().__init__(config, model)
         self.epoch_seconds: List[float] = []  # wall time of each training epoch run
         self.valid_curve: List[float] = []  # the validation score after each evaluation
+        name = f"{config['model']}-{config['dataset']}-{get_local_time()}.pth"
+        self.saved_model_file = os.path.join(self.checkpoint_dir, name)
 
-    def _train_epoch(self, *args, **kwargs):
-        start = time.perf_counter()
-        result = super()._train_epoch(*args, **kwargs)
-        self.epoch_seconds.append(time.perf_counter() - start)
+    def resume_checkpoint(self, resume_file: str) -> None:
+        """RecBole's resume (weights, optimiser, best score, next epoch), saving into this run's own file.
+
+        The resumed state is written to that file at once, so it holds the best model so far even if training
+        never improves on it; the file resumed from is never written.
+        """
+        own_file = self.saved_model_file
+        super().resume_checkpoint(resume_file)
+        self.saved_model_file = own_file
+        self._save_checkpoint(self.start_epoch - 1, verbose=False)
+
+    def fit(self, *args, **kwargs):
+        result = super().fit(*args, **kwargs)
+        self._log_epoch()  # the last epoch, when no validation followed it
         return result
 
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        self._log_epoch()  # the previous epoch, when no validation followed it
+        start = time.perf_counter()
+        loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        self.epoch_seconds.append(time.perf_counter() - start)
+        losses = loss if isinstance(loss, tuple) else (loss,)
+        train = ", ".join(f"{part:.4f}" for part in losses)
+        self._epoch_line = f"epoch {epoch_idx}: train loss {train} ({self.epoch_seconds[-1]:.1f} s)"
+        return loss
+
     def _valid_epoch(self, *args, **kwargs):
+        start = time.perf_counter()
         score, result = super()._valid_epoch(*args, **kwargs)
         self.valid_curve.append(float(score))
+        self._log_epoch(f", valid {self.valid_metric} {score:.4f} ({time.perf_counter() - start:.1f} s)")
         return score, result
+
+    def _log_epoch(self, validation: str = "") -> None:
+        """Log the pending epoch's one console line (training, then validation if any)."""
+        if getattr(self, "_epoch_line", None):
+            EPOCH_LOGGER.info(self._epoch_line + validation)
+        self._epoch_line = None
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         final = kwargs.pop("saved_model_file", self.saved_model_file)
@@ -67,7 +102,12 @@ class RecordingMixin:
 
     def run_record(self) -> Dict[str, Any]:
         """What the run returns about training: epochs run, seconds per epoch, validation curve."""
-        return {"epochs": len(self.epoch_seconds), "epoch_seconds": self.epoch_seconds, "valid_curve": self.valid_curve}
+        return {
+            "epochs": len(self.epoch_seconds),
+            "first_epoch": self.start_epoch,  # 0, or the epoch after a resumed checkpoint's
+            "epoch_seconds": self.epoch_seconds,
+            "valid_curve": self.valid_curve,
+        }
 
 
 class DistributedMixin:

@@ -1,10 +1,9 @@
 """The package's structure: no import cycle between its modules, and importing it changes nothing in RecBole."""
 
 import ast
+import graphlib
 import os
 import pkgutil
-
-import graphlib
 
 import recbole_elastic
 

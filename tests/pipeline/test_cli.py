@@ -1,5 +1,6 @@
 """The command line: one clear message (exit status 2) for a missing dataset or an unknown model; resume."""
 
+import glob
 import os
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 from recbole_elastic.cli import main
 from recbole_elastic.quick_start import run
 
-from tests.helpers import REPO_ROOT, tiny_run_config
+from tests.helpers import REPO_ROOT, cli_args, tiny_run_config
 
 SCRIPT = os.path.join(REPO_ROOT, "run_recbole_elastic.py")
 
@@ -58,4 +59,23 @@ def test_resume_from_the_command_line(tiny_data, capsys):
     first = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, epochs=1))
     assert main([f"--checkpoint={first['model_file']}", "--epochs=2"]) == 0
     out = capsys.readouterr().out
-    assert "ELASTIC on tiny (1 epochs" in out and first["model_file"] in out
+    assert f"ELASTIC on tiny (1 epochs (1..1) after resuming from {first['model_file']}" in out
+
+
+def test_a_one_epoch_run_prints_a_short_console_and_logs_everything(tiny_data):
+    args = [arg for arg in cli_args(tiny_data) if not arg.startswith("--show_progress")]  # keep RecBole's bars
+    process = run_cli(*args, cwd=os.getcwd())
+    assert process.returncode == 0, process.stderr[-2000:]
+    lines = (process.stdout + process.stderr).split("\n")  # tqdm redraws its bar with \r on one line
+    assert len(lines) <= 30, lines
+    console = process.stdout + process.stderr
+    assert "epoch 0: train loss" in console and "valid mrr@10" in console
+    assert "gpu_id" not in console and "FutureWarning" not in console  # the config dump and warnings: log only
+    assert "ELASTIC on tiny (1 epochs, 12224 parameters, cpu)" in process.stdout
+    log_file = max(glob.glob(os.path.join("log", "ELASTIC", "*.log")), key=os.path.getmtime)
+    with open(log_file, encoding="utf-8") as f:
+        log = f.read()
+    assert "use_gpu = False" in log and "FutureWarning" in log and "epoch 0: train loss" in log
+
+    verbose = run_cli(*args, "--verbose", cwd=os.getcwd())
+    assert verbose.returncode == 0 and "gpu_id" in verbose.stderr

@@ -1,10 +1,17 @@
 """Dataset files: a malformed or missing file gets one message naming it; amazon-books' plugin settings apply."""
 
+import os
 import random
+
+import pytest
 
 from recbole.data import create_dataset
 
+from recbole_elastic.cli import main
 from recbole_elastic.config import build_config
+from recbole_elastic.convert import convert_sequences
+from recbole_elastic.convert import main as convert_main
+from recbole_elastic.errors import DatasetFormatError
 from recbole_elastic.quick_start import run
 
 from tests.helpers import cli_args, no_checkpoints, run_cli_expecting_error, tiny_run_config, write_inter
@@ -17,12 +24,55 @@ def test_missing_column(tiny_data, capsys):
     assert no_checkpoints(tiny_data)
 
 
-def test_non_numeric_timestamp(tiny_data, capsys):
-    rows = "".join(f"{u}\t{i}\tyesterday\n" for u in range(1, 5) for i in range(1, 6))
-    write_inter(tiny_data, "badtime", "user_id:token\titem_id:token\ttimestamp:float\n" + rows)
+def test_non_numeric_timestamp_names_the_file_line_and_column(tiny_data, capsys):
+    rows = "".join(f"{u}\t{i}\t{u * 10 + i}\n" for u in range(1, 5) for i in range(1, 6))
+    write_inter(tiny_data, "badtime", "user_id:token\titem_id:token\ttimestamp:float\n" + rows + "5\t1\tyesterday\n")
     err = run_cli_expecting_error(capsys, cli_args(tiny_data, "badtime"))
-    assert "Could not read dataset 'badtime'" in err and "timestamp:float" in err and "header type" in err
+    path = os.path.join(tiny_data, "badtime", "badtime.inter")
+    assert f"{path}, line 22, column 'timestamp:float': 'yesterday' is not a number" in err
     assert no_checkpoints(tiny_data)
+
+
+def test_readme_own_dataset_recipe_trains_as_written(tiny_data, capsys):
+    # README "Your own dataset": exactly its header, and its command with no load_col or dataset YAML
+    rows = "".join(f"{u}\t{(u * 7 + s) % 50 + 1}\t{978300000 + s}\n" for u in range(1, 41) for s in range(10))
+    write_inter(tiny_data, "mine", "user_id:token\titem_id:token\ttimestamp:float\n" + rows)
+    small = ["--epochs=1", "--hidden_size=16", "--inner_size=32", "--n_interests=4", "--memory_keys=8"]
+    assert main(["--dataset=mine", f"--data_path={tiny_data}", "--MAX_ITEM_LIST_LENGTH=200", *small]) == 0
+    assert "ELASTIC on mine (1 epochs" in capsys.readouterr().out
+    assert build_config("ELASTIC", "mine", config_dict={"data_path": tiny_data})["load_col"] is None  # every column
+
+
+def test_one_line_per_user_text_converts_to_atomic_files(tmp_path):
+    txt = tmp_path / "Shop.txt"
+    txt.write_text("u1 i3 i1 i2\n\nu2 i2 i9\n")
+    assert convert_main([str(txt), "--dataset=Shop", f"--output_dir={tmp_path / 'data'}"]) == 0
+    inter = (tmp_path / "data" / "Shop" / "Shop.inter").read_text().splitlines()
+    assert inter == [
+        "user_id:token\titem_id:token\ttimestamp:float",
+        "u1\ti3\t0",
+        "u1\ti1\t1",
+        "u1\ti2\t2",
+        "u2\ti2\t0",
+        "u2\ti9\t1",
+    ]
+    txt.write_text("u1 i3\nu2\n")
+    with pytest.raises(DatasetFormatError, match="line 2: 'u2' has a user but no items"):
+        convert_sequences(str(txt), "Shop", str(tmp_path / "data"))
+
+
+def test_failed_download_removes_every_folder_it_created_and_shows_the_needed_header(tmp_path, capsys, monkeypatch):
+    import recbole.utils.url
+
+    def offline(url, folder):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(recbole.utils.url, "download_url", offline)
+    monkeypatch.chdir(tmp_path)
+    err = run_cli_expecting_error(capsys, ["--dataset=amazon-books", f"--data_path={tmp_path / 'dataset'}"])
+    assert "downloading it from" in err and "network unreachable" in err
+    assert "user_id:token\\titem_id:token\\trating:float\\ttimestamp:float" in err  # amazon-books needs rating
+    assert not (tmp_path / "dataset").exists()  # nor the folder above the dataset's
 
 
 def test_wrong_separator(tiny_data, capsys):

@@ -1,6 +1,7 @@
 """The plugin's trainer: a NaN loss keeps the last good checkpoint; resuming continues after the saved epoch."""
 
 import os
+import time
 
 import pytest
 import torch
@@ -41,9 +42,16 @@ def test_nan_loss_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(tiny_d
     assert not [f for f in os.listdir(os.path.dirname(kept)) if f.endswith(".partial")]
 
 
-def test_resume_continues_after_the_saved_epoch(tiny_data):
+def test_resume_continues_after_the_saved_epoch_into_a_new_file(tiny_data):
     first = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, epochs=1))
-    assert load_checkpoint(first["model_file"])["epoch"] == 0
+    assert os.path.basename(first["model_file"]).startswith("ELASTIC-tiny-")  # model and dataset in the name
+    with open(first["model_file"], "rb") as f:
+        original = f.read()
+    time.sleep(1.1)  # checkpoint names carry the time to the second
     resumed = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, epochs=3), checkpoint=first["model_file"])
-    assert resumed["epochs"] == 2  # epochs 1 and 2: epoch 0 is not trained again
-    assert resumed["model_file"] == first["model_file"]
+    assert resumed["epochs"] == 2 and resumed["first_epoch"] == 1  # epochs 1 and 2: epoch 0 is not trained again
+    assert resumed["model_file"] != first["model_file"]
+    with open(first["model_file"], "rb") as f:
+        assert f.read() == original  # the file resumed from is never written
+    saved = load_checkpoint(resumed["model_file"])
+    assert saved["epoch"] >= 0 and saved["config"]["epochs"] == 3  # the resumed run's best so far, its own config
