@@ -25,7 +25,7 @@ import functools
 import os
 import time
 from logging import getLogger
-from typing import Any, Dict, List, Type
+from typing import Any, Dict, List, Optional, Type
 
 import torch
 import torch.distributed as dist
@@ -50,6 +50,7 @@ class RecordingMixin:
         super().__init__(config, model)
         self.epoch_seconds: List[float] = []  # wall time of each training epoch run
         self.valid_curve: List[float] = []  # the validation score after each evaluation
+        self._epoch_line: Optional[str] = None  # the last training epoch's console line, until validation ends it
         name = f"{config['model']}-{config['dataset']}-{get_local_time()}.pth"
         self.saved_model_file = os.path.join(self.checkpoint_dir, name)
 
@@ -88,7 +89,7 @@ class RecordingMixin:
 
     def _log_epoch(self, validation: str = "") -> None:
         """Log the pending epoch's one console line (training, then validation if any)."""
-        if getattr(self, "_epoch_line", None):
+        if self._epoch_line:
             EPOCH_LOGGER.info(self._epoch_line + validation)
         self._epoch_line = None
 
