@@ -160,7 +160,8 @@ def test_lazy_adam_trains_like_dense_adam_when_every_slot_is_retrieved():
     assert dense_losses[0] - dense_losses[-1] > 0.05  # it trains
     torch.testing.assert_close(sparse_losses[:1], dense_losses[:1], rtol=0, atol=1e-6)
     torch.testing.assert_close(sparse_losses, dense_losses, rtol=0, atol=1e-5)
-    torch.testing.assert_close(sparse.interest_memory.values.weight, dense.interest_memory.values.weight, atol=1e-5, rtol=0)
+    values = sparse.interest_memory.values.weight, dense.interest_memory.values.weight
+    torch.testing.assert_close(*values, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("learner", ["adam", "adamw"])
@@ -173,7 +174,8 @@ def test_weight_decay_on_touched_rows_matches_torch(learner):
     dense_losses, _ = train(dense, batches, build_optimizer(config, dense))
     sparse_losses, _ = train(sparse, batches, build_optimizer(config, sparse))
     torch.testing.assert_close(sparse_losses, dense_losses, rtol=0, atol=1e-5)
-    torch.testing.assert_close(sparse.interest_memory.values.weight, dense.interest_memory.values.weight, atol=1e-5, rtol=0)
+    values = sparse.interest_memory.values.weight, dense.interest_memory.values.weight
+    torch.testing.assert_close(*values, atol=1e-5, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
