@@ -5,8 +5,6 @@ import io
 import pytest
 import torch
 
-from recbole.data.interaction import Interaction
-
 from recbole_elastic.errors import ConfigError
 from recbole_elastic.model import ELASTIC
 from recbole_elastic.model.layers import ProductKeyInterestMemory
