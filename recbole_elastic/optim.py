@@ -234,8 +234,6 @@ def clip_grad_norm_(
     grads = [p.grad for p in parameters if p.grad is not None]
     if not any(g.is_sparse for g in grads):
         return torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type, error_if_nonfinite, foreach)
-    if not grads:
-        return torch.tensor(0.0)
     norms = [torch.linalg.vector_norm(g.coalesce().values() if g.is_sparse else g, norm_type) for g in grads]
     total_norm = torch.linalg.vector_norm(torch.stack(norms), norm_type)
     if error_if_nonfinite and not torch.isfinite(total_norm):
