@@ -13,6 +13,9 @@ Each shim is scoped to the smallest thing that needs it:
   other ``torch.load`` in the process keeps torch's safe default. RecBole's ``load_data_and_model`` imports torch
   locally, so ``register()`` swaps it for the plugin's own (see ``registration``).
 
+* ``torch.nn.utils.clip_grad_norm_`` raises on sparse gradients (ELASTIC's interest memory with
+  ``memory_sparse_updates``); RecBole's trainer module sees ``recbole_elastic.optim.clip_grad_norm_`` instead, which
+  gives the same result for dense gradients and accepts sparse ones.
 * hyperopt >= 0.2.7 samples with ``rng.integers`` (numpy's Generator API), but RecBole's exhaustive search
   (``recbole.trainer.hyper_tuning.exhaustive_search``) hands it a ``np.random.RandomState``, which has no
   ``integers``. That module alone sees a numpy whose ``random.RandomState`` adds it (same stream as ``randint``).
@@ -32,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from recbole_elastic.optim import clip_grad_norm_ as sparse_aware_clip_grad_norm_
 
 _NUMPY_ALIASES = {
     "float_": "float64",
@@ -135,3 +140,4 @@ def apply() -> None:
 
     patch_checkpoint_loading(recbole_trainer)
     patch_exhaustive_search(recbole_hyper_tuning)
+    recbole_trainer.clip_grad_norm_ = sparse_aware_clip_grad_norm_

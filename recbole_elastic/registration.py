@@ -13,6 +13,8 @@ from RecBole's own ``properties/model/<name>.yaml``. ``register()`` therefore
    redirected) fails on torch >= 2.6, with :func:`recbole_elastic.quick_start.load_data_and_model` (same
    arguments and return value), and gives ray 2.6.3 the ``np.bool8`` it needs under numpy 2 (``compat.apply``).
    Import ``load_data_and_model`` from ``recbole.quick_start`` after ``register()``.
+4. makes the plugin's trainer for row-sparse gradient tables (``trainer.SparseAwareTrainer``) RecBole's
+   ``<Model>Trainer`` for each plugin model, which ``recbole.utils.get_trainer`` picks by name.
 
 Built-in models are untouched: their module names and YAMLs are not shadowed. Registration lives in the process
 that calls it: RecBole's multi-process runs (``torch.multiprocessing.spawn``) re-import the main script in each
@@ -22,11 +24,13 @@ child, so call ``register()`` at the top level of that script, not under ``if __
 import sys
 import warnings
 
+import recbole.trainer
 from recbole.config import Config
 
 from recbole_elastic import compat
 from recbole_elastic.config import update_internal_config_dict
 from recbole_elastic.quick_start import load_data_and_model
+from recbole_elastic.trainer import SparseAwareTrainer
 from recbole_elastic.utils import plugin_models
 
 RECBOLE_SEQUENTIAL = "recbole.model.sequential_recommender"
@@ -38,6 +42,8 @@ def register() -> None:
     for name, model_class in plugin_models().items():
         sys.modules.setdefault(f"{RECBOLE_SEQUENTIAL}.{name.lower()}", sys.modules[model_class.__module__])
     Config._update_internal_config_dict = update_internal_config_dict
+    for name in plugin_models():  # RecBole's get_trainer uses recbole.trainer.<Model>Trainer when it exists
+        setattr(recbole.trainer, f"{name}Trainer", SparseAwareTrainer)
     try:
         import recbole.quick_start as recbole_quick_start_package
         import recbole.quick_start.quick_start as recbole_quick_start

@@ -17,6 +17,11 @@
 
   The training loop is RecBole's, gradient synchronisation included (``set_reduce_hook`` + ``sync_grad_loss``).
 
+* Both build the optimizer with :func:`recbole_elastic.optim.build_optimizer`: RecBole's optimizer, except for
+  row-sparse gradient tables (ELASTIC's interest memory with ``memory_sparse_updates``), which get a lazy Adam that
+  updates only the rows a batch touched (:class:`SparseOptimizerMixin`). ``register()`` makes
+  :class:`SparseAwareTrainer` RecBole's ``ELASTICTrainer``, so RecBole's own ``run_recbole`` trains it too.
+
 Models whose RecBole trainer is not ``Trainer`` itself (S3Rec's pre-training trainer, knowledge-aware models'
 trainers) get the same behaviour through the same mixins on top of their own trainer class.
 """
@@ -37,10 +42,29 @@ from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_elastic.atomic import atomic_path
 from recbole_elastic.compat import load_checkpoint
+from recbole_elastic.optim import build_optimizer, prepare_sparse_gradients_for_ddp
+from recbole_elastic.optim import sync_grad_loss as sparse_aware_sync_grad_loss
 from recbole_elastic.process_group import broadcast_object, gather_object, parameter_digest
 
 # One line per epoch on a quiet console (see quick_start.start_logging); RecBole's own lines go to the log file.
 EPOCH_LOGGER = getLogger("recbole_elastic.epochs")
+
+
+class SparseOptimizerMixin:
+    """Row-sparse gradient tables on top of any RecBole trainer: LazyAdam for them, RecBole's optimizer for the
+    rest; in a distributed run, sparse gradients kept on gloo (made dense elsewhere) and a gradient-sync term that
+    leaves them sparse. See :mod:`recbole_elastic.optim`. Models without such tables train exactly as in RecBole."""
+
+    def __init__(self, config, model) -> None:
+        if dist.is_available() and dist.is_initialized():  # before the optimizer is built and DDP wraps the model
+            prepare_sparse_gradients_for_ddp(model, dist.get_backend())
+        super().__init__(config, model)
+
+    def _build_optimizer(self, **kwargs):
+        return build_optimizer(self.config, self.model, build_dense=super()._build_optimizer, **kwargs)
+
+    def sync_grad_loss(self):
+        return sparse_aware_sync_grad_loss(self.model)
 
 
 class RecordingMixin:
@@ -167,8 +191,13 @@ class DistributedMixin:
         }
 
 
-class ElasticTrainer(RecordingMixin, Trainer):
-    """RecBole's ``Trainer`` with epoch times, the validation curve and atomic checkpoint writes."""
+class SparseAwareTrainer(SparseOptimizerMixin, Trainer):
+    """RecBole's ``Trainer`` for models with row-sparse gradient tables (RecBole's ``ELASTICTrainer`` after
+    ``register()``)."""
+
+
+class ElasticTrainer(RecordingMixin, SparseAwareTrainer):
+    """RecBole's ``Trainer`` with epoch times, the validation curve, atomic checkpoint writes and sparse updates."""
 
 
 class DistributedElasticTrainer(DistributedMixin, ElasticTrainer):
@@ -183,8 +212,9 @@ def get_trainer(config) -> Type:
 
 @functools.lru_cache(maxsize=None)
 def _trainer_class(base: Type, distributed: bool) -> Type:
-    if base is Trainer:
+    if base in (Trainer, SparseAwareTrainer):
         return DistributedElasticTrainer if distributed else ElasticTrainer
-    mixins = (DistributedMixin, RecordingMixin) if distributed else (RecordingMixin,)
+    mixins = (RecordingMixin, SparseOptimizerMixin)
+    mixins = (DistributedMixin, *mixins) if distributed else mixins
     prefix = "DistributedRecording" if distributed else "Recording"
     return type(f"{prefix}{base.__name__}", (*mixins, base), {})

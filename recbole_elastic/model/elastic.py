@@ -19,6 +19,14 @@ hyperparameter in ``properties/model/ELASTIC.yaml`` where it matters):
   sub-key tables of ``memory_keys`` rows; head h keeps its ``memory_topk`` best of the ``memory_keys ** 2``
   slots and its interest token is the softmax(score)-weighted sum of their values. Slot values are shared by all
   heads. ``use_interest_memory: False`` replaces IMR by ``n_interests`` learnable tokens shared by all users.
+* Training cost of the memory: with ``memory_sparse_updates: False`` the ``memory_keys ** 2`` slot values get a
+  dense gradient and the trainer's Adam updates every slot every step: O(memory_keys ** 2 * hidden_size) per step,
+  however few slots the batch retrieved. With ``memory_sparse_updates: True`` the gradient holds only the retrieved
+  slots and ``recbole_elastic.optim.build_optimizer`` (which the trainer's ``_build_optimizer`` must call) gives the
+  slot values lazy Adam: only retrieved slots, their moments and their weight decay are updated, so the step costs
+  O(slots retrieved * hidden_size). It differs from dense Adam only for slots retrieved before and not in this
+  step: dense Adam keeps moving them by their momentum, lazy Adam leaves them and their moments as they are. All
+  other parameters keep RecBole's optimizer (``learner``). See ``ProductKeyInterestMemory``.
 * Linear Dispatcher Attention (LDA): ``n_layers`` blocks; each aggregates (interests attend to the sequence,
   padding masked) then dispatches (the sequence attends to the interests). Both stages are multi-head
   (``n_heads``), have separate projections, residual + LayerNorm (post-LN) and a position-wise FFN
@@ -58,6 +66,9 @@ def check_hyperparameters(config) -> None:
             checker.is_int("memory_key_dim", 2) and config["memory_key_dim"] % 2 == 0,
             "an even integer >= 2 (the query is split in two halves)",
         )
+        # None: a checkpoint saved before this key existed, whose memory was dense.
+        if config["memory_sparse_updates"] is not None:
+            checker.require_bool("memory_sparse_updates")
 
 
 class ELASTIC(DotProductSequentialRecommender):
@@ -89,6 +100,7 @@ class ELASTIC(DotProductSequentialRecommender):
                 key_dim=config["memory_key_dim"],
                 query_batchnorm=config["memory_query_batchnorm"],
                 initializer_range=self.initializer_range,
+                sparse=bool(config["memory_sparse_updates"]),
             )
         else:
             self.shared_interests = nn.Parameter(torch.empty(self.n_interests, self.hidden_size))

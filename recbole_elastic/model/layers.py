@@ -148,6 +148,19 @@ class ProductKeyInterestMemory(nn.Module):
     values (shared by all heads) are summed with the softmax of their scores, so gradients reach both sub-keys and
     values. Retrieval costs O(heads * n_keys * key_dim + heads * topk^2): it grows with ``n_keys``, never with the
     number of slots ``n_keys ** 2``, which are never scored all at once.
+
+    Training cost of the value table (``n_keys ** 2`` rows of size ``hidden_size``):
+
+    * ``sparse=False``: backward builds a dense ``[n_keys ** 2, H]`` gradient and the trainer's optimizer (Adam)
+      updates every row every step, so a step costs O(n_keys ** 2 * H) however few slots the batch used.
+    * ``sparse=True``: the gradient is a sparse tensor holding only the retrieved rows (at most
+      ``B * heads * topk``), and :class:`recbole_elastic.optim.LazyAdam` (set up by
+      :func:`recbole_elastic.optim.build_optimizer`) updates only those rows: the step costs O(rows touched * H).
+      This is lazy Adam: a row's moments are updated, and the row moved, only in steps that retrieve it. Dense
+      Adam would keep moving an untouched row by its decaying momentum and decay its moments; lazy Adam leaves
+      both as they were (bias correction still uses the global step count, as ``torch.optim.SparseAdam``).
+      Weight decay likewise reaches only touched rows. Rows never retrieved stay exactly as dense Adam leaves
+      them (zero moments, no movement). Memory is unchanged: the table and its two moment tables stay dense.
     """
 
     def __init__(
@@ -159,6 +172,7 @@ class ProductKeyInterestMemory(nn.Module):
         key_dim: int,
         query_batchnorm: bool,
         initializer_range: float,
+        sparse: bool = False,
     ) -> None:
         super().__init__()
         self.n_heads = n_heads
@@ -173,7 +187,8 @@ class ProductKeyInterestMemory(nn.Module):
         half = key_dim // 2
         # [heads, 2 halves, n_keys, key_dim / 2]; unit-variance scores for a unit-variance query.
         self.sub_keys = nn.Parameter(torch.randn(n_heads, 2, n_keys, half) / math.sqrt(half))
-        self.values = nn.EmbeddingBag(n_keys * n_keys, hidden_size, mode="sum")
+        # sparse=True: the gradient holds only the retrieved rows (see the class docstring).
+        self.values = nn.EmbeddingBag(n_keys * n_keys, hidden_size, mode="sum", sparse=sparse)
         nn.init.normal_(self.values.weight, mean=0.0, std=initializer_range)
 
     @property

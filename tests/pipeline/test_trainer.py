@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from recbole_elastic.compat import load_checkpoint
+from recbole_elastic.config import build_config
 from recbole_elastic.errors import TrainingDivergedError
 from recbole_elastic.model import ELASTIC
-from recbole_elastic.quick_start import run
+from recbole_elastic.optim import SparseAwareOptimizer
+from recbole_elastic.quick_start import build_data_and_model, run
+from recbole_elastic.trainer import get_trainer
 
 from tests.helpers import tiny_run_config
 
@@ -55,3 +58,19 @@ def test_resume_continues_after_the_saved_epoch_into_a_new_file(tiny_data):
         assert f.read() == original  # the file resumed from is never written
     saved = load_checkpoint(resumed["model_file"])
     assert saved["epoch"] >= 0 and saved["config"]["epochs"] == 3  # the resumed run's best so far, its own config
+
+
+def test_elastic_memory_trains_with_lazy_adam_and_resumes_its_state(tiny_data):
+    first = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, epochs=1))
+    saved = load_checkpoint(first["model_file"])["optimizer"]
+    assert set(saved) == {"dense", "sparse"}  # RecBole's Adam for the rest, lazy Adam for the memory values
+    config = build_config("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, epochs=2))
+    *_, model = build_data_and_model(config)
+    trainer = get_trainer(config)(config, model)
+    assert isinstance(trainer.optimizer, SparseAwareOptimizer)
+    trainer.resume_checkpoint(first["model_file"])
+    resumed = trainer.optimizer.state_dict()["sparse"]["state"][0]
+    expected = saved["sparse"]["state"][0]
+    assert resumed["step"] == expected["step"] > 0
+    assert torch.equal(resumed["exp_avg"], expected["exp_avg"]) and resumed["exp_avg"].abs().sum() > 0
+    assert torch.equal(resumed["exp_avg_sq"], expected["exp_avg_sq"])
