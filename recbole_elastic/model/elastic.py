@@ -38,9 +38,9 @@ from recbole_elastic.model.hyperparameters import HyperparameterChecker
 from recbole_elastic.model.layers import LinearDispatcherBlock, ProductKeyInterestMemory
 
 
-def check_hyperparameters(config) -> None:
+def check_hyperparameters(config, model_name: str = "ELASTIC") -> None:
     """Raise :class:`ConfigError` naming the first ELASTIC hyperparameter outside its allowed range."""
-    checker = HyperparameterChecker("ELASTIC", config)
+    checker = HyperparameterChecker(model_name, config)
     checker.require_transformer(extra_int_keys=("n_interests",))
     checker.require_bool("use_interest_memory")
     if config["use_interest_memory"]:
@@ -67,7 +67,7 @@ class ELASTIC(DotProductSequentialRecommender):
     """
 
     def __init__(self, config, dataset):
-        check_hyperparameters(config)
+        check_hyperparameters(config, type(self).__name__)
         super(ELASTIC, self).__init__(config, dataset)
 
         # load parameters info
@@ -93,23 +93,24 @@ class ELASTIC(DotProductSequentialRecommender):
         else:
             self.shared_interests = nn.Parameter(torch.empty(self.n_interests, self.hidden_size))
 
-        self.dispatcher_blocks = nn.ModuleList(
-            LinearDispatcherBlock(
-                hidden_size=self.hidden_size,
-                n_heads=self.n_heads,
-                inner_size=self.inner_size,
-                hidden_dropout_prob=self.hidden_dropout_prob,
-                attn_dropout_prob=self.attn_dropout_prob,
-                hidden_act=self.hidden_act,
-                layer_norm_eps=self.layer_norm_eps,
-            )
-            for _ in range(self.n_layers)
-        )
+        self.dispatcher_blocks = nn.ModuleList(self.make_dispatcher_block(config) for _ in range(self.n_layers))
 
         # parameters initialization (the interest memory initialises its own keys and values)
         self.apply(self._init_weights)
         if not self.use_interest_memory:
             nn.init.normal_(self.shared_interests, mean=0.0, std=self.initializer_range)
+
+    def make_dispatcher_block(self, config) -> nn.Module:
+        """One LDA block (a subclass may build another kind)."""
+        return LinearDispatcherBlock(
+            hidden_size=self.hidden_size,
+            n_heads=self.n_heads,
+            inner_size=self.inner_size,
+            hidden_dropout_prob=self.hidden_dropout_prob,
+            attn_dropout_prob=self.attn_dropout_prob,
+            hidden_act=self.hidden_act,
+            layer_norm_eps=self.layer_norm_eps,
+        )
 
     def embed_sequence(self, item_seq: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Input embeddings ``[B, N, H]`` and the mask of real (non-padding) positions ``[B, N]``."""
