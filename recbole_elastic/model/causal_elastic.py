@@ -26,8 +26,9 @@ it matters; the rest of ELASTIC's docstring holds):
   depend on the position (``interest_queries``). At position t they attend, with softmax, to the block's input at
   positions <= t, computed for all t at once as a running softmax (``prefix_softmax_attention``: prefix sums of
   exp(score) and exp(score) * value, in chunks of ``causal_chunk_size`` positions with a carried running max).
-  The result is added to position t's own interest states (residual, LayerNorm, FFN), so the retrieved tokens
-  carry over from block to block as in ELASTIC, one set per position.
+  The result is added to position t's own interest states (residual, LayerNorm, then ELASTIC's position-wise FFN
+  unless ``causal_interest_ffn`` is False), so the retrieved tokens carry over from block to block as in ELASTIC,
+  one set per position.
 * Dispatch: position t attends to its own k interest states (ELASTIC's dispatch, per position).
 * Attention dropout in the aggregate drops a key's value term for all later positions together (one mask per key
   and query): a mask per (position, key) pair would be an N x N tensor.
@@ -35,10 +36,23 @@ it matters; the rest of ELASTIC's docstring holds):
   ``forward_all_positions`` there. Positions beyond ``MAX_ITEM_LIST_LENGTH`` (sequences longer than the position
   table, streaming) reuse the last position embedding.
 
-Cost: the interest states are ``[B, N, k, H]`` and go through a position-wise FFN, so a block does about k times
-the FFN work of a SASRec layer per position; it wins over softmax self-attention once N is large relative to
-k * inner_size / H.
+Cost: the interest states are ``[B, N, k, H]``; their projections (k * H^2 per position) and FFN (k times a
+SASRec layer's FFN per position) make a block several times a SASRec layer's work per position at N = 200, so it
+overtakes softmax self-attention (N * H per position) only for long windows (on CPU, B = 32, default sizes: about
+N = 1000 with the interest FFN, earlier without). ``causal_interest_ffn: False`` halves the training time.
+
+Streaming (``init_stream_state``, ``stream_update``, ``stream_scores``; inference): a user's state is the retrieval
+query's running sum and, per block, the aggregate's running softmax (running max, sum of exp(score - max), sum of
+exp(score - max) * value per head and query): its size does not depend on the history. Folding one event computes
+that event's position through every block from the state alone, and scores the next item from its output: equal
+to ``forward_all_positions`` over the whole history at that position. Past ``MAX_ITEM_LIST_LENGTH`` events the
+state keeps aggregating the whole history (running sums cannot forget the oldest event without re-reading it) and
+every later event takes the last position embedding, as ``forward_all_positions`` does on a longer sequence: a
+model trained on windows of N items then reads longer contexts than it was trained on.
 """
+
+from dataclasses import dataclass
+from typing import List, Tuple
 
 import torch
 from torch import nn
@@ -50,11 +64,26 @@ from recbole_elastic.model.elastic import check_hyperparameters as check_elastic
 from recbole_elastic.model.hyperparameters import HyperparameterChecker
 
 
+@dataclass
+class StreamState:
+    """What CausalELASTIC keeps per user to score the next item without re-reading the history (batched: [B, ...]).
+
+    Its size does not depend on the history length: per user, H + 1 numbers for retrieval and, per block,
+    ``n_heads * k * (head_size + 2)`` for the aggregate's running softmax.
+    """
+
+    length: torch.Tensor  # [B] events folded so far (the next event's position)
+    embedding_sum: torch.Tensor  # [B H] the sum of the input embeddings: the retrieval query's running mean
+    running: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per block: running max, sum, numerator
+    output: torch.Tensor  # [B H] the last event's output, which the next item is scored from
+
+
 def check_hyperparameters(config) -> None:
     """Raise :class:`ConfigError` naming the first CausalELASTIC hyperparameter outside its allowed range."""
     check_elastic_hyperparameters(config, "CausalELASTIC")
     checker = HyperparameterChecker("CausalELASTIC", config)
     checker.require("causal_chunk_size", checker.is_int("causal_chunk_size", 1), "an integer >= 1")
+    checker.require_bool("causal_interest_ffn")
 
 
 class CausalELASTIC(AllPositionsMixin, ELASTIC):
@@ -79,6 +108,7 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
             layer_norm_eps=self.layer_norm_eps,
             chunk_size=config["causal_chunk_size"],
             initializer_range=self.initializer_range,
+            interest_ffn=config["causal_interest_ffn"],
         )
 
     def embed_input(self, item_seq: torch.Tensor) -> torch.Tensor:
@@ -117,3 +147,37 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
                 sequence, interests, sequence_mask, readout_index=readout_index if i == last else None
             )
         return sequence.squeeze(1)  # [B H]
+
+    # Streaming: fold a user's events into a fixed-size state, one at a time (inference).
+
+    def init_stream_state(self, batch_size: int) -> StreamState:
+        """The state of ``batch_size`` users with no events yet."""
+        weight = self.item_embedding.weight
+        return StreamState(
+            length=torch.zeros(batch_size, dtype=torch.long, device=weight.device),
+            embedding_sum=weight.new_zeros(batch_size, self.hidden_size),
+            running=[block.empty_running_state(batch_size) for block in self.dispatcher_blocks],
+            output=weight.new_zeros(batch_size, self.hidden_size),
+        )
+
+    @torch.no_grad()
+    def stream_update(self, state: StreamState, item_ids: torch.Tensor) -> StreamState:
+        """Fold one new event per user (``item_ids`` ``[B]``) into ``state``, without reading the history: the new
+        state's ``output`` equals ``forward_all_positions`` at this event's position over the whole history."""
+        position = state.length.clamp(max=self.max_seq_length - 1)  # as embed_input past the position table
+        item = self.dropout(self.LayerNorm(self.item_embedding(item_ids) + self.position_embedding(position)))
+        length = state.length + 1
+        embedding_sum = state.embedding_sum + item
+        if self.use_interest_memory:
+            interests = self.interest_memory(embedding_sum / length.unsqueeze(1).to(item.dtype))[0]
+        else:
+            interests = self.shared_interests.unsqueeze(0).expand(item.size(0), -1, -1)
+        running = []
+        for block, block_running in zip(self.dispatcher_blocks, state.running):
+            item, interests, block_running = block.step(item, interests, block_running)
+            running.append(block_running)
+        return StreamState(length=length, embedding_sum=embedding_sum, running=running, output=item)
+
+    def stream_scores(self, state: StreamState) -> torch.Tensor:
+        """Scores of every item as each user's next event ``[B, n_items]``, from the state alone."""
+        return torch.matmul(state.output, self.item_embedding.weight.transpose(0, 1))

@@ -120,12 +120,44 @@ class PrefixAggregation(ProjectedAttention):
             attended = torch.matmul(weights, value).transpose(1, 2).reshape(batch, n_queries, hidden)
         return self.LayerNorm(interests + self.out_dropout(self.dense(attended)))
 
+    def step(
+        self,
+        queries: torch.Tensor,
+        interests: torch.Tensor,
+        item: torch.Tensor,
+        running: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Streaming: fold one more position into the running softmax and return that position's interests.
+
+        ``item`` ``[B, H]`` is the block's input at the new position, ``interests`` ``[B, k, H]`` its interest states
+        from the block before, ``running`` the prefix's (max ``[B, h, k, 1]``, sum of exp(score - max)
+        ``[B, h, k, 1]``, sum of exp(score - max) * value ``[B, h, k, d]``). Returns the updated interests and the
+        running state with the new position folded in: the same sums as :func:`prefix_softmax_attention`'s
+        carried state, so the result equals ``forward`` at that position (inference: no dropout).
+        """
+        batch, hidden = item.shape
+        n_queries = queries.size(0)
+        query = self.query(queries).view(n_queries, self.n_heads, self.head_size).transpose(0, 1)  # [h k d]
+        key = self.key(item).view(batch, self.n_heads, 1, self.head_size)  # [B h 1 d]
+        value = self.value(item).view(batch, self.n_heads, 1, self.head_size)
+        score = (query.unsqueeze(0) * key).sum(-1, keepdim=True) / math.sqrt(self.head_size)  # [B h k 1]
+        running_max, running_sum, numerator = running
+        new_max = torch.maximum(running_max, score)
+        decay = (running_max - new_max).exp()  # 0 before the first position (max -inf)
+        weight = (score - new_max).exp()
+        running_sum = running_sum * decay + weight
+        numerator = numerator * decay + weight * value  # [B h k d]
+        attended = (numerator / running_sum).transpose(1, 2).reshape(batch, n_queries, hidden)
+        interests = self.LayerNorm(interests + self.out_dropout(self.dense(attended)))
+        return interests, (new_max, running_sum, numerator)
+
 
 class CausalDispatcherBlock(nn.Module):
     """One causal LDA block. Position t carries its own k interest states, which depend on positions <= t only:
 
     * aggregate (:class:`PrefixAggregation`): k learned, position-independent queries attend to the prefix up to t;
-      the result updates position t's interest states (residual, LayerNorm, position-wise FFN);
+      the result updates position t's interest states (residual, LayerNorm, then a position-wise FFN unless
+      ``interest_ffn`` is False);
     * dispatch: position t attends to its own k interest states (as ELASTIC's dispatch), then a position-wise FFN.
 
     O(N * k * H) memory and O(N * k * (H * inner_size + H * chunk_size)) time: no N x N tensor.
@@ -143,6 +175,7 @@ class CausalDispatcherBlock(nn.Module):
         layer_norm_eps: float,
         chunk_size: int,
         initializer_range: float,
+        interest_ffn: bool = True,
     ) -> None:
         super().__init__()
         ffn_args = (hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
@@ -151,7 +184,8 @@ class CausalDispatcherBlock(nn.Module):
         self.aggregate = PrefixAggregation(
             hidden_size, n_heads, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps, chunk_size
         )
-        self.aggregate_ffn = FusedFeedForward(*ffn_args)
+        # The FFN on every position's k interest states is most of the block's work (k x a SASRec layer's FFN).
+        self.aggregate_ffn = FusedFeedForward(*ffn_args) if interest_ffn else nn.Identity()
         self.dispatch = CrossAttention(hidden_size, n_heads, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps)
         self.dispatch_ffn = FusedFeedForward(*ffn_args)
 
@@ -179,3 +213,28 @@ class CausalDispatcherBlock(nn.Module):
             sequence.reshape(batch * length, 1, hidden), interests.reshape(batch * length, n_interests, hidden)
         )
         return self.dispatch_ffn(dispatched.view(batch, length, hidden)), interests
+
+    def empty_running_state(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The aggregate's running softmax before any position: max -inf, sums 0 (see :meth:`step`)."""
+        n_queries, hidden = self.interest_queries.shape
+        heads, head_size = self.aggregate.n_heads, self.aggregate.head_size
+        like = self.interest_queries
+        return (
+            like.new_full((batch_size, heads, n_queries, 1), float("-inf")),
+            like.new_zeros((batch_size, heads, n_queries, 1)),
+            like.new_zeros((batch_size, heads, n_queries, head_size)),
+        )
+
+    def step(
+        self,
+        item: torch.Tensor,
+        interests: torch.Tensor,
+        running: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Streaming: the block at one new position. ``item`` ``[B, H]`` (the block's input there), ``interests``
+        ``[B, k, H]`` (that position's, from the block before), ``running`` (the aggregate's prefix state) -> the
+        block's output ``[B, H]``, the position's interests and the running state including the position."""
+        interests, running = self.aggregate.step(self.interest_queries, interests, item, running)
+        interests = self.aggregate_ffn(interests)
+        output = self.dispatch_ffn(self.dispatch(item.unsqueeze(1), interests)).squeeze(1)
+        return output, interests, running

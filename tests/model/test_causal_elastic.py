@@ -131,3 +131,47 @@ def test_bad_chunk_size_names_the_key():
     with pytest.raises(ConfigError) as error:
         build_model(CausalELASTIC, causal_chunk_size=0)
     assert "CausalELASTIC" in str(error.value) and "`causal_chunk_size`" in str(error.value)
+
+
+def stream(model, sequences):
+    """Each event's output ``[B, L, H]`` and the final state, folding one event per user at a time."""
+    state = model.init_stream_state(len(sequences))
+    outputs = []
+    for t in range(len(sequences[0])):
+        state = model.stream_update(state, torch.tensor([items[t] for items in sequences]))
+        outputs.append(state.output)
+    return torch.stack(outputs, dim=1), state
+
+
+@pytest.mark.parametrize("use_interest_memory", [True, False])
+def test_streaming_equals_the_full_forward_within_the_position_table(use_interest_memory):
+    torch.manual_seed(0)
+    model = build_model(CausalELASTIC, max_len=10, causal_chunk_size=4, use_interest_memory=use_interest_memory)
+    model.eval()
+    sequences = [[3, 5, 7, 1, 9, 2, 8], [11, 4, 4, 9, 21, 13, 6], [1, 2, 3, 4, 5, 6, 7]]
+    outputs, state = stream(model, sequences)
+    assert torch.allclose(outputs, all_positions(model, sequences, 10)[:, :7], atol=1e-5)
+    with torch.no_grad():
+        scores = model.full_sort_predict(padded_batch(sequences, 10))
+    assert torch.allclose(model.stream_scores(state), scores, atol=1e-5)
+
+
+def test_streaming_past_the_position_table_equals_the_full_forward_over_the_whole_history():
+    torch.manual_seed(0)
+    model = build_model(CausalELASTIC, max_len=6, causal_chunk_size=4).eval()
+    generator = torch.Generator().manual_seed(0)
+    sequences = torch.randint(1, 30, (3, 25), generator=generator).tolist()
+    outputs, state = stream(model, sequences)
+    assert int(state.length[0]) == 25
+    # positions >= 6 reuse the last position embedding in both
+    assert torch.allclose(outputs, all_positions(model, sequences, 25), atol=1e-5)
+
+
+def test_without_the_interest_ffn_the_model_stays_causal_and_streams():
+    torch.manual_seed(0)
+    model = build_model(CausalELASTIC, max_len=10, causal_chunk_size=4, causal_interest_ffn=False).eval()
+    assert not any("aggregate_ffn" in name for name, _ in model.named_parameters())
+    sequences = [[3, 5, 7, 1, 9, 2], [11, 4, 4, 9, 21, 13]]
+    full = all_positions(model, sequences, 10)
+    assert torch.allclose(all_positions(model, [sequences[0][:3]], 10)[0, 2], full[0, 2], atol=1e-5)
+    assert torch.allclose(stream(model, sequences)[0], full[:, :6], atol=1e-5)
