@@ -15,7 +15,7 @@ grows as interactions x N.
 
 import importlib
 from logging import getLogger
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data.dataloader import NegSampleDataLoader, TrainDataLoader
 from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
-from recbole.utils import FeatureType, InputType, ModelType
+from recbole.utils import InputType, ModelType
 
 from recbole_elastic.errors import ConfigError
 from recbole_elastic.model.all_positions import target_sequence_fields
@@ -53,7 +53,7 @@ class LazySequenceInteraction(Interaction):
         target_rows: torch.Tensor,
         lengths: torch.Tensor,
         max_len: int,
-        list_fields: Dict[str, Tuple[str, Tuple[int, ...]]],
+        list_fields: Dict[str, str],
         length_field: str,
         columns: Optional[List[str]] = None,
     ) -> None:
@@ -62,7 +62,7 @@ class LazySequenceInteraction(Interaction):
         self.target_rows = target_rows
         self.lengths = lengths
         self.max_len = max_len
-        self.list_fields = list_fields  # list field -> (source field, shape of one sample's list)
+        self.list_fields = list_fields  # list field -> the field it lists
         self.length_field = length_field
         # RecBole's column order: the target's fields, the history length, then the lists.
         self._columns = columns if columns is not None else [*interactions.columns, length_field, *list_fields]
@@ -128,17 +128,16 @@ class LazySequenceInteraction(Interaction):
         lengths = self.lengths[index]
         positions = torch.arange(self.max_len)
         in_history = positions.unsqueeze(0) < lengths.unsqueeze(1)  # [B N]
-        history_rows = ((rows - lengths).unsqueeze(1) + positions)[in_history]  # each history's rows, in order
+        # Each history's rows, left-aligned; padding reads row 0 and is zeroed (a plain gather: no boolean index).
+        history_rows = torch.where(in_history, (rows - lengths).unsqueeze(1) + positions, 0)
         data = {}
         for column in self._columns:
             if column == self.length_field:
                 data[column] = lengths
             elif column in self.list_fields:
-                field, shape = self.list_fields[column]
-                source = self.interactions[field]
-                values = torch.zeros((len(rows),) + shape, dtype=source.dtype)
-                values[in_history] = source[history_rows]
-                data[column] = values
+                source = self.interactions[self.list_fields[column]]
+                padding = ~in_history.view(in_history.shape + (1,) * (source.dim() - 1))
+                data[column] = source[history_rows].masked_fill_(padding, 0)  # [B N ...], as RecBole's zeros
             else:
                 data[column] = self.interactions[column][rows]
         return Interaction(data)
@@ -208,17 +207,9 @@ class LazySequentialDataset(SequentialDataset):
         target_rows = rows[earlier > 0]  # every interaction but a user's first is a target
         lengths = np.minimum(earlier[target_rows], max_len)  # RecBole keeps the last max_len of them
 
-        list_fields = {}
-        for field in self.inter_feat:
-            if field == self.uid_field:
-                continue
-            list_field = getattr(self, f"{field}_list_field")
-            list_len = self.field2seqlen[list_field]
-            shape = (list_len,) if isinstance(list_len, int) else tuple(list_len)
-            is_float = self.field2type[field] in (FeatureType.FLOAT, FeatureType.FLOAT_SEQ)
-            if is_float and field in self.config["numerical_features"]:
-                shape += (2,)
-            list_fields[list_field] = (field, shape)
+        # Every field but the user id gets a list: [N, ...] per sample for a field of [...] per interaction.
+        fields = [field for field in self.inter_feat if field != self.uid_field]
+        list_fields = {getattr(self, f"{field}_list_field"): field for field in fields}
 
         self.inter_feat = LazySequenceInteraction(
             self.inter_feat,
