@@ -309,9 +309,11 @@ class AllPositionsTrainDataLoader(TrainDataLoader):
     the user's first item. A history of T training targets gives about T / stride windows, so an epoch costs
     O(T * N) positions for the model, against RecBole's T samples of N positions each.
 
-    ``train_batch_size`` counts windows (each up to N targets). For BPR, each position gets its own negative from
-    RecBole's sampler (``neg_target_item_id_list``; ``sample_num`` negatives repeat the windows, as RecBole repeats
-    samples). Works on RecBole's dense dataset and on :class:`LazySequentialDataset` alike.
+    ``train_batch_size`` counts targets, as in RecBole's prefix scheme (one target per sample): a batch holds
+    ``train_batch_size // N`` windows (at least one), so the CE logits ``[targets, n_items]`` stay the size they
+    have with prefix samples. For BPR, each position gets its own negative from RecBole's sampler
+    (``neg_target_item_id_list``; ``sample_num`` negatives repeat the windows, as RecBole repeats samples). Works on
+    RecBole's dense dataset and on :class:`LazySequentialDataset` alike.
     """
 
     def __init__(self, config, dataset, sampler, shuffle=False) -> None:
@@ -326,6 +328,12 @@ class AllPositionsTrainDataLoader(TrainDataLoader):
         self.window_samples = torch.from_numpy(ends)
         self.sample_size = len(self.window_samples)
         NegSampleDataLoader.__init__(self, config, dataset, sampler, shuffle=shuffle)
+
+    def _init_batch_size_and_step(self) -> None:
+        targets = self.config["train_batch_size"] // self.times
+        windows = max(targets // self.config["MAX_ITEM_LIST_LENGTH"], 1)
+        self.step = windows
+        self.set_batch_size(windows * self.times)
 
     def collate_fn(self, index):
         windows = self._dataset[self.window_samples[np.array(index)].numpy()]

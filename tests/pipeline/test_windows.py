@@ -149,6 +149,8 @@ def test_windows_cover_every_training_target_once(tiny_data, loss_type):
     config = build_config("CausalELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, loss_type=loss_type))
     assert config["train_all_positions"] is True
     dataset, train_data, batches = windows_of_one_epoch(config)
+    # train_batch_size (64) counts targets: 64 // N = 6 windows of up to N = 10 targets
+    assert max(len(batch) for batch in batches) == 6
     prefix_train = train_data._dataset  # RecBole's training split: one sample per training target
     expected = sorted(zip(prefix_train.inter_feat["user_id"].tolist(), prefix_train.inter_feat["timestamp"].tolist()))
     seen = []
