@@ -13,15 +13,21 @@ from typing import Any, List, Optional, Set, Tuple
 
 import yaml
 
-from recbole.data import create_dataset, data_preparation
+from recbole.data import data_preparation
 from recbole.utils import ModelType
 
 from recbole_elastic.errors import DatasetFormatError, DatasetNotFoundError
 from recbole_elastic.utils import RECBOLE_DIR
+from recbole_elastic.windows import all_positions_train_data, check_window_settings, create_dataset
 
 
 def prepare_data(config) -> Tuple[Any, Any, Any, Any]:
-    """``(dataset, train_data, valid_data, test_data)`` through RecBole, with errors a user can act on."""
+    """``(dataset, train_data, valid_data, test_data)`` through RecBole, with errors a user can act on.
+
+    Sequential models get lazily built prefix samples, and all-position training windows with
+    ``train_all_positions`` (``recbole_elastic.windows``).
+    """
+    check_window_settings(config)
     ensure_dataset(config)
     where = f"dataset '{config['dataset']}' in {config['data_path']}"
     try:
@@ -44,6 +50,7 @@ def prepare_data(config) -> Tuple[Any, Any, Any, Any]:
         raise DatasetFormatError(f"Could not read {where}: {type(error).__name__}: {error}.") from error
     getLogger().info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data = all_positions_train_data(config, train_data)
     return dataset, train_data, valid_data, test_data
 
 

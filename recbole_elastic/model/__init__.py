@@ -1,4 +1,6 @@
+from recbole_elastic.model.causal_elastic import CausalELASTIC
+from recbole_elastic.model.causal_sasrec import CausalSASRec
 from recbole_elastic.model.elastic import ELASTIC
 from recbole_elastic.model.linrec import LinRec
 
-__all__ = ["ELASTIC", "LinRec"]
+__all__ = ["ELASTIC", "LinRec", "CausalELASTIC", "CausalSASRec"]

@@ -22,7 +22,7 @@ hyperparameter in ``properties/model/ELASTIC.yaml`` where it matters):
 * Training cost of the memory: with ``memory_sparse_updates: False`` the ``memory_keys ** 2`` slot values get a
   dense gradient and the trainer's Adam updates every slot every step: O(memory_keys ** 2 * hidden_size) per step,
   however few slots the batch retrieved. With ``memory_sparse_updates: True`` the gradient holds only the retrieved
-  slots and ``recbole_elastic.optim.build_optimizer`` (which the trainer's ``_build_optimizer`` must call) gives the
+  slots and ``recbole_elastic.optim.build_optimizer`` (called by the plugin's trainers, ``trainer.py``) gives the
   slot values lazy Adam: only retrieved slots, their moments and their weight decay are updated, so the step costs
   O(slots retrieved * hidden_size). It differs from dense Adam only for slots retrieved before and not in this
   step: dense Adam keeps moving them by their momentum, lazy Adam leaves them and their moments as they are. All
@@ -46,9 +46,9 @@ from recbole_elastic.model.hyperparameters import HyperparameterChecker
 from recbole_elastic.model.layers import LinearDispatcherBlock, ProductKeyInterestMemory
 
 
-def check_hyperparameters(config) -> None:
+def check_hyperparameters(config, model_name: str = "ELASTIC") -> None:
     """Raise :class:`ConfigError` naming the first ELASTIC hyperparameter outside its allowed range."""
-    checker = HyperparameterChecker("ELASTIC", config)
+    checker = HyperparameterChecker(model_name, config)
     checker.require_transformer(extra_int_keys=("n_interests",))
     checker.require_bool("use_interest_memory")
     if config["use_interest_memory"]:
@@ -78,7 +78,7 @@ class ELASTIC(DotProductSequentialRecommender):
     """
 
     def __init__(self, config, dataset):
-        check_hyperparameters(config)
+        check_hyperparameters(config, type(self).__name__)
         super(ELASTIC, self).__init__(config, dataset)
 
         # load parameters info
@@ -105,23 +105,24 @@ class ELASTIC(DotProductSequentialRecommender):
         else:
             self.shared_interests = nn.Parameter(torch.empty(self.n_interests, self.hidden_size))
 
-        self.dispatcher_blocks = nn.ModuleList(
-            LinearDispatcherBlock(
-                hidden_size=self.hidden_size,
-                n_heads=self.n_heads,
-                inner_size=self.inner_size,
-                hidden_dropout_prob=self.hidden_dropout_prob,
-                attn_dropout_prob=self.attn_dropout_prob,
-                hidden_act=self.hidden_act,
-                layer_norm_eps=self.layer_norm_eps,
-            )
-            for _ in range(self.n_layers)
-        )
+        self.dispatcher_blocks = nn.ModuleList(self.make_dispatcher_block(config) for _ in range(self.n_layers))
 
         # parameters initialization (the interest memory initialises its own keys and values)
         self.apply(self._init_weights)
         if not self.use_interest_memory:
             nn.init.normal_(self.shared_interests, mean=0.0, std=self.initializer_range)
+
+    def make_dispatcher_block(self, config) -> nn.Module:
+        """One LDA block (a subclass may build another kind)."""
+        return LinearDispatcherBlock(
+            hidden_size=self.hidden_size,
+            n_heads=self.n_heads,
+            inner_size=self.inner_size,
+            hidden_dropout_prob=self.hidden_dropout_prob,
+            attn_dropout_prob=self.attn_dropout_prob,
+            hidden_act=self.hidden_act,
+            layer_norm_eps=self.layer_norm_eps,
+        )
 
     def embed_sequence(self, item_seq: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Input embeddings ``[B, N, H]`` and the mask of real (non-padding) positions ``[B, N]``."""

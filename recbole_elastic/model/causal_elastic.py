@@ -1,0 +1,183 @@
+"""
+CausalELASTIC
+################################################
+
+Reference:
+    Chao Deng et al. "ELASTIC: Efficient Linear Attention for SequenTial Interest Compression."
+    arXiv 2408.09380, 2024.
+
+ELASTIC (``elastic.py``, the paper's formulation) encodes a whole sequence and reads its last position; RecBole's
+prefix augmentation then re-encodes a user with L interactions L times. CausalELASTIC is ELASTIC made causal: its
+output at position t depends on the items up to t only, so one pass over a window yields the prediction of every
+next item (``train_all_positions``, ``recbole_elastic.windows``), still in O(N * k) time and memory: no N x N and no
+N^2 * k tensor. It is a separate class, not a switch on ELASTIC: its parameters differ (the aggregate queries), and
+ELASTIC stays exactly the paper's model.
+
+What changes from ELASTIC (each open choice is a hyperparameter in ``properties/model/CausalELASTIC.yaml`` where
+it matters; the rest of ELASTIC's docstring holds):
+
+* Interest Memory Retrieval at every position: position t's retrieval query is the running mean of the input
+  embeddings up to t (ELASTIC's masked mean, over the prefix), through the same MLP, BatchNorm and product-key
+  memory. Every position retrieves its own k interest tokens (N retrievals per window, each
+  O(k * memory_keys * memory_key_dim); retrieval never sees a later item). BatchNorm's training statistics are
+  taken over the real positions of the batch.
+* Aggregate: in ELASTIC the interest tokens are the aggregation queries. A query that depends on t (position t's
+  interests) would need an N x N score matrix per interest, so here each block has k learned queries that do not
+  depend on the position (``interest_queries``). At position t they attend, with softmax, to the block's input at
+  positions <= t, computed for all t at once as a running softmax (``prefix_softmax_attention``: prefix sums of
+  exp(score) and exp(score) * value, in chunks of ``causal_chunk_size`` positions with a carried running max).
+  The result is added to position t's own interest states (residual, LayerNorm, then ELASTIC's position-wise FFN
+  unless ``causal_interest_ffn`` is False), so the retrieved tokens carry over from block to block as in ELASTIC,
+  one set per position.
+* Dispatch: position t attends to its own k interest states (ELASTIC's dispatch, per position).
+* Attention dropout in the aggregate drops a key's value term for all later positions together (one mask per key
+  and query): a mask per (position, key) pair would be an N x N tensor.
+* Readout (``forward``): the last block computes position ``item_seq_len - 1`` only, equal to
+  ``forward_all_positions`` there. Positions beyond ``MAX_ITEM_LIST_LENGTH`` (sequences longer than the position
+  table, streaming) reuse the last position embedding.
+
+Cost: the interest states are ``[B, N, k, H]``; their projections (k * H^2 per position) and FFN (k times a
+SASRec layer's FFN per position) make a block several times a SASRec layer's work per position at N = 200, so it
+overtakes softmax self-attention (N * H per position) only for long windows (on CPU, B = 32, default sizes: about
+N = 1000 with the interest FFN, earlier without). ``causal_interest_ffn: False`` halves the training time.
+
+Streaming (``init_stream_state``, ``stream_update``, ``stream_scores``; inference): a user's state is the retrieval
+query's running sum and, per block, the aggregate's running softmax (running max, sum of exp(score - max), sum of
+exp(score - max) * value per head and query): its size does not depend on the history. Folding one event computes
+that event's position through every block from the state alone, and scores the next item from its output: equal
+to ``forward_all_positions`` over the whole history at that position. Past ``MAX_ITEM_LIST_LENGTH`` events the
+state keeps aggregating the whole history (running sums cannot forget the oldest event without re-reading it) and
+every later event takes the last position embedding, as ``forward_all_positions`` does on a longer sequence: a
+model trained on windows of N items then reads longer contexts than it was trained on.
+"""
+
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import torch
+from torch import nn
+
+from recbole_elastic.model.all_positions import AllPositionsMixin
+from recbole_elastic.model.causal_layers import CausalDispatcherBlock
+from recbole_elastic.model.elastic import ELASTIC
+from recbole_elastic.model.elastic import check_hyperparameters as check_elastic_hyperparameters
+from recbole_elastic.model.hyperparameters import HyperparameterChecker
+
+
+@dataclass
+class StreamState:
+    """What CausalELASTIC keeps per user to score the next item without re-reading the history (batched: [B, ...]).
+
+    Its size does not depend on the history length: per user, H + 1 numbers for retrieval and, per block,
+    ``n_heads * k * (head_size + 2)`` for the aggregate's running softmax.
+    """
+
+    length: torch.Tensor  # [B] events folded so far (the next event's position)
+    embedding_sum: torch.Tensor  # [B H] the sum of the input embeddings: the retrieval query's running mean
+    running: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per block: running max, sum, numerator
+    output: torch.Tensor  # [B H] the last event's output, which the next item is scored from
+
+
+def check_hyperparameters(config) -> None:
+    """Raise :class:`ConfigError` naming the first CausalELASTIC hyperparameter outside its allowed range."""
+    check_elastic_hyperparameters(config, "CausalELASTIC")
+    checker = HyperparameterChecker("CausalELASTIC", config)
+    checker.require("causal_chunk_size", checker.is_int("causal_chunk_size", 1), "an integer >= 1")
+    checker.require_bool("causal_interest_ffn")
+
+
+class CausalELASTIC(AllPositionsMixin, ELASTIC):
+    r"""ELASTIC whose output at every position depends only on the items up to it, at O(N * k) cost.
+
+    See the module docstring for what changes from ELASTIC and why.
+    """
+
+    def __init__(self, config, dataset):
+        check_hyperparameters(config)
+        super(CausalELASTIC, self).__init__(config, dataset)
+
+    def make_dispatcher_block(self, config) -> nn.Module:
+        return CausalDispatcherBlock(
+            hidden_size=self.hidden_size,
+            n_heads=self.n_heads,
+            n_interests=self.n_interests,
+            inner_size=self.inner_size,
+            hidden_dropout_prob=self.hidden_dropout_prob,
+            attn_dropout_prob=self.attn_dropout_prob,
+            hidden_act=self.hidden_act,
+            layer_norm_eps=self.layer_norm_eps,
+            chunk_size=config["causal_chunk_size"],
+            initializer_range=self.initializer_range,
+            interest_ffn=config["causal_interest_ffn"],
+        )
+
+    def embed_input(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """As SASRec, except that positions past the position table reuse its last embedding."""
+        position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
+        position_ids = position_ids.clamp(max=self.max_seq_length - 1)
+        input_emb = self.item_embedding(item_seq) + self.position_embedding(position_ids).unsqueeze(0)
+        return self.dropout(self.LayerNorm(input_emb))
+
+    def prefix_interests(self, sequence: torch.Tensor, sequence_mask: torch.Tensor) -> torch.Tensor:
+        """Each position's initial interest tokens ``[B, N, k, H]``, retrieved from the prefix up to it."""
+        batch, length, hidden = sequence.shape
+        if not self.use_interest_memory:
+            return self.shared_interests.expand(batch, length, -1, -1)
+        mask = sequence_mask.unsqueeze(-1).to(sequence.dtype)
+        summaries = (sequence * mask).cumsum(1) / mask.cumsum(1).clamp(min=1)  # [B N H]: running means
+        # Padded positions retrieve nothing (zeros): no later real position reads them.
+        tokens = sequence.new_zeros(batch, length, self.n_interests, hidden)
+        tokens[sequence_mask] = self.interest_memory(summaries[sequence_mask])[0]
+        return tokens
+
+    def forward_all_positions(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        sequence, sequence_mask = self.embed_sequence(item_seq)
+        interests = self.prefix_interests(sequence, sequence_mask)
+        for block in self.dispatcher_blocks:
+            sequence, interests = block(sequence, interests, sequence_mask)
+        return sequence  # [B N H]
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        sequence, sequence_mask = self.embed_sequence(item_seq)
+        interests = self.prefix_interests(sequence, sequence_mask)
+        readout_index = (item_seq_len - 1).clamp(min=0)
+        last = len(self.dispatcher_blocks) - 1
+        for i, block in enumerate(self.dispatcher_blocks):
+            sequence, interests = block(
+                sequence, interests, sequence_mask, readout_index=readout_index if i == last else None
+            )
+        return sequence.squeeze(1)  # [B H]
+
+    # Streaming: fold a user's events into a fixed-size state, one at a time (inference).
+
+    def init_stream_state(self, batch_size: int) -> StreamState:
+        """The state of ``batch_size`` users with no events yet."""
+        weight = self.item_embedding.weight
+        return StreamState(
+            length=torch.zeros(batch_size, dtype=torch.long, device=weight.device),
+            embedding_sum=weight.new_zeros(batch_size, self.hidden_size),
+            running=[block.empty_running_state(batch_size) for block in self.dispatcher_blocks],
+            output=weight.new_zeros(batch_size, self.hidden_size),
+        )
+
+    @torch.no_grad()
+    def stream_update(self, state: StreamState, item_ids: torch.Tensor) -> StreamState:
+        """Fold one new event per user (``item_ids`` ``[B]``) into ``state``, without reading the history: the new
+        state's ``output`` equals ``forward_all_positions`` at this event's position over the whole history."""
+        position = state.length.clamp(max=self.max_seq_length - 1)  # as embed_input past the position table
+        item = self.dropout(self.LayerNorm(self.item_embedding(item_ids) + self.position_embedding(position)))
+        length = state.length + 1
+        embedding_sum = state.embedding_sum + item
+        if self.use_interest_memory:
+            interests = self.interest_memory(embedding_sum / length.unsqueeze(1).to(item.dtype))[0]
+        else:
+            interests = self.shared_interests.unsqueeze(0).expand(item.size(0), -1, -1)
+        running = []
+        for block, block_running in zip(self.dispatcher_blocks, state.running):
+            item, interests, block_running = block.step(item, interests, block_running)
+            running.append(block_running)
+        return StreamState(length=length, embedding_sum=embedding_sum, running=running, output=item)
+
+    def stream_scores(self, state: StreamState) -> torch.Tensor:
+        """Scores of every item as each user's next event ``[B, n_items]``, from the state alone."""
+        return torch.matmul(state.output, self.item_embedding.weight.transpose(0, 1))

@@ -1,0 +1,370 @@
+"""Sequence windows for long histories: RecBole's prefix samples built lazily, and all-position training windows.
+
+RecBole's ``SequentialDataset.data_augmentation`` makes one sample per prefix (a user with L interactions gives
+L - 1 samples) and stores, for every field, a dense ``[samples, MAX_ITEM_LIST_LENGTH]`` history tensor: host memory
+grows as interactions x N.
+
+* :class:`LazySequentialDataset` (the run path's default for sequential models; ``lazy_sequence_windows: False``
+  falls back to RecBole's dataset) yields exactly RecBole's samples, in RecBole's order, but stores each
+  interaction once (sorted by user, then time) plus two integers per sample (its target row and history length).
+  Each batch's ``[B, N]`` history windows are gathered when the batch is drawn (:class:`LazySequenceInteraction`).
+* :class:`AllPositionsTrainDataLoader` (``train_all_positions: True``, for models with ``forward_all_positions``)
+  trains on user windows instead of prefixes, with the next item at every position as its target; valid and test
+  stay RecBole's. See its docstring for the windows and their stride.
+"""
+
+import importlib
+from logging import getLogger
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+
+from recbole.data import create_dataset as recbole_create_dataset
+from recbole.data.dataloader import NegSampleDataLoader, TrainDataLoader
+from recbole.data.dataset import SequentialDataset
+from recbole.data.interaction import Interaction
+from recbole.utils import InputType, ModelType
+
+from recbole_elastic.errors import ConfigError
+from recbole_elastic.model.all_positions import target_sequence_fields
+from recbole_elastic.utils import get_model
+
+
+class LazySequenceInteraction(Interaction):
+    """RecBole's prefix samples as an ``Interaction`` view: the interactions once, and per sample its target row
+    and history length.
+
+    Sample i is the interaction at row ``target_rows[i]`` (every field), its history length ``lengths[i]`` (RecBole's
+    ``item_length``) and, for every field but the user id, the ``<field>_list`` of the ``lengths[i]`` rows before the
+    target, left-aligned and zero-padded to ``max_len`` as RecBole's augmentation builds them. The interactions must
+    be sorted by user, then time, so that a history is a run of consecutive rows.
+
+    Indexing by a field name gives that column for every sample; indexing by anything else gives another view (the
+    dataset splits are views); :meth:`materialize` builds the dense ``Interaction`` of some samples (a batch).
+    ``sort``, ``shuffle`` and ``drop`` behave as ``Interaction``'s. It is an ``Interaction`` (RecBole checks for
+    one before dropping a column); ``Interaction`` methods not overridden here read the dense samples
+    (``interaction``), and the two that would change them in place (``update``, ``add_prefix``) raise.
+    """
+
+    def __init__(
+        self,
+        interactions: Interaction,
+        target_rows: torch.Tensor,
+        lengths: torch.Tensor,
+        max_len: int,
+        list_fields: Dict[str, str],
+        length_field: str,
+        columns: Optional[List[str]] = None,
+    ) -> None:
+        # Interaction.__init__ is not called: it would hold every field densely.
+        self.interactions = interactions
+        self.target_rows = target_rows
+        self.lengths = lengths
+        self.max_len = max_len
+        self.list_fields = list_fields  # list field -> the field it lists
+        self.length_field = length_field
+        # RecBole's column order: the target's fields, the history length, then the lists.
+        self._columns = columns if columns is not None else [*interactions.columns, length_field, *list_fields]
+
+    def __len__(self) -> int:
+        return len(self.target_rows)
+
+    @property
+    def length(self) -> int:
+        return len(self.target_rows)
+
+    @property
+    def columns(self) -> List[str]:
+        return list(self._columns)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.columns)
+
+    def __contains__(self, field: str) -> bool:
+        return field in self._columns
+
+    def __getitem__(self, index):
+        if isinstance(index, str):
+            return self._column(index)
+        return self.subset(index)
+
+    def _column(self, field: str) -> torch.Tensor:
+        if field not in self._columns:
+            raise KeyError(field)
+        if field == self.length_field:
+            return self.lengths
+        if field in self.list_fields:
+            return self.materialize(slice(None))[field]  # dense, as RecBole would hold it
+        return self.interactions[field][self.target_rows]
+
+    @staticmethod
+    def _index(index):
+        """An index torch accepts (slice, bool mask or int64 positions) from what RecBole passes."""
+        if isinstance(index, slice) or isinstance(index, torch.Tensor):
+            return index
+        if isinstance(index, range):
+            return torch.arange(index.start, index.stop, index.step)
+        array = np.asarray(index)
+        return torch.from_numpy(array if array.dtype == np.bool_ else array.astype(np.int64))
+
+    def subset(self, index) -> "LazySequenceInteraction":
+        """Another view holding the samples ``index`` (positions, a bool mask or a slice)."""
+        index = self._index(index)
+        return LazySequenceInteraction(
+            self.interactions,
+            self.target_rows[index],
+            self.lengths[index],
+            self.max_len,
+            self.list_fields,
+            self.length_field,
+            self._columns,
+        )
+
+    def materialize(self, index) -> Interaction:
+        """The samples ``index`` as RecBole's augmentation holds them: a dense ``Interaction``."""
+        index = self._index(index)
+        rows = self.target_rows[index]
+        lengths = self.lengths[index]
+        positions = torch.arange(self.max_len)
+        in_history = positions.unsqueeze(0) < lengths.unsqueeze(1)  # [B N]
+        # Each history's rows, left-aligned; padding reads row 0 and is zeroed (a plain gather: no boolean index).
+        history_rows = torch.where(in_history, (rows - lengths).unsqueeze(1) + positions, 0)
+        data = {}
+        for column in self._columns:
+            if column == self.length_field:
+                data[column] = lengths
+            elif column in self.list_fields:
+                source = self.interactions[self.list_fields[column]]
+                padding = ~in_history.view(in_history.shape + (1,) * (source.dim() - 1))
+                data[column] = source[history_rows].masked_fill_(padding, 0)  # [B N ...], as RecBole's zeros
+            else:
+                data[column] = self.interactions[column][rows]
+        return Interaction(data)
+
+    @property
+    def interaction(self) -> Dict[str, torch.Tensor]:
+        """Every sample, dense (as ``Interaction.interaction``)."""
+        return self.materialize(slice(None)).interaction
+
+    def _reindex(self, index) -> None:
+        index = self._index(index)
+        self.target_rows = self.target_rows[index]
+        self.lengths = self.lengths[index]
+
+    def sort(self, by, ascending=True) -> None:
+        """Sort the samples in place, exactly as ``Interaction.sort`` (stable, last key first)."""
+        by = [by] if isinstance(by, str) else list(by)
+        ascending = [ascending] * len(by) if isinstance(ascending, bool) else list(ascending)
+        for field, up in zip(by[::-1], ascending[::-1]):
+            key = self._column(field)
+            key = key if key.dim() == 1 else key[..., 0]
+            index = np.argsort(key.numpy(), kind="stable")
+            self._reindex(index if up else index[::-1].copy())
+
+    def shuffle(self) -> None:
+        """Shuffle the samples in place, drawing the same permutation as ``Interaction.shuffle``."""
+        self._reindex(torch.randperm(self.length))
+
+    def drop(self, column: str) -> None:
+        if column not in self._columns:
+            raise ValueError(f"Column [{column}] is not in interaction [{self}].")
+        self._columns = [name for name in self._columns if name != column]
+
+    def update(self, new_inter: Interaction) -> None:
+        raise NotImplementedError("LazySequenceInteraction is read-only: materialize() the samples first")
+
+    def add_prefix(self, prefix: str) -> None:
+        raise NotImplementedError("LazySequenceInteraction is read-only: materialize() the samples first")
+
+    def __str__(self) -> str:
+        return f"LazySequenceInteraction: {self.length} samples over {len(self.interactions)} interactions"
+
+    __repr__ = __str__
+
+
+class LazySequentialDataset(SequentialDataset):
+    """RecBole's ``SequentialDataset`` whose prefix augmentation is a :class:`LazySequenceInteraction`.
+
+    Same samples, same order (RecBole's sorts and splits run unchanged on the view), same fields and field
+    properties; host memory O(interactions) instead of O(interactions x MAX_ITEM_LIST_LENGTH). Batches are built
+    by ``dataset[index]``, which every RecBole data loader calls.
+    """
+
+    def data_augmentation(self) -> None:
+        self.logger.debug("data_augmentation (lazy)")
+        self._aug_presets()
+        self._check_field("uid_field", "time_field")
+        max_len = self.config["MAX_ITEM_LIST_LENGTH"]
+        self.sort(by=[self.uid_field, self.time_field], ascending=True)
+
+        users = self.inter_feat[self.uid_field].numpy()
+        rows = np.arange(len(users))
+        first_of_user = np.ones(len(users), dtype=bool)
+        first_of_user[1:] = users[1:] != users[:-1]
+        user_start = np.maximum.accumulate(np.where(first_of_user, rows, 0))
+        earlier = rows - user_start  # the user's interactions before each row
+        target_rows = rows[earlier > 0]  # every interaction but a user's first is a target
+        lengths = np.minimum(earlier[target_rows], max_len)  # RecBole keeps the last max_len of them
+
+        # Every field but the user id gets a list: [N, ...] per sample for a field of [...] per interaction.
+        fields = [field for field in self.inter_feat if field != self.uid_field]
+        list_fields = {getattr(self, f"{field}_list_field"): field for field in fields}
+
+        self.inter_feat = LazySequenceInteraction(
+            self.inter_feat,
+            torch.from_numpy(target_rows),
+            torch.from_numpy(lengths.astype(np.int64)),
+            max_len,
+            list_fields,
+            self.item_list_length_field,
+        )
+
+    def __getitem__(self, index, join=True):
+        if not isinstance(self.inter_feat, LazySequenceInteraction):
+            return super().__getitem__(index, join)
+        df = self.inter_feat.materialize(index)
+        return self.join(df) if join else df
+
+
+def lazy_windows_apply(config) -> bool:
+    """Whether ``config``'s run gets :class:`LazySequentialDataset`: a sequential model for which RecBole would
+    build a plain ``SequentialDataset`` (no model-specific dataset class, no pre-split benchmark files, no saved
+    dataset to load), unless ``lazy_sequence_windows`` is False."""
+    if config["lazy_sequence_windows"] is False or config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+        return False
+    if config["benchmark_filename"] or config["dataset_save_path"]:
+        return False
+    return not hasattr(importlib.import_module("recbole.data.dataset"), config["model"] + "Dataset")
+
+
+def create_dataset(config):
+    """RecBole's ``create_dataset``, with :class:`LazySequentialDataset` where :func:`lazy_windows_apply`."""
+    if not lazy_windows_apply(config):
+        return recbole_create_dataset(config)
+    dataset = LazySequentialDataset(config)
+    if config["save_dataset"]:
+        dataset.save()
+    return dataset
+
+
+def window_stride(config) -> int:
+    """``train_window_stride``, or ``MAX_ITEM_LIST_LENGTH`` when unset."""
+    stride = config["train_window_stride"]
+    return config["MAX_ITEM_LIST_LENGTH"] if stride is None else stride
+
+
+def check_window_settings(config) -> None:
+    """Raise :class:`ConfigError` when ``train_all_positions`` cannot apply to ``config``'s run."""
+    if config["lazy_sequence_windows"] not in (None, True, False):
+        raise ConfigError(f"lazy_sequence_windows must be True or False, not {config['lazy_sequence_windows']!r}.")
+    if not config["train_all_positions"]:
+        return
+    model = config["model"]
+    if config["MODEL_TYPE"] != ModelType.SEQUENTIAL or not hasattr(get_model(model), "forward_all_positions"):
+        raise ConfigError(
+            f"train_all_positions needs a model that scores every position causally (CausalELASTIC, CausalSASRec); "
+            f"{model} reads one position per sample. Set train_all_positions=False for it."
+        )
+    max_len = config["MAX_ITEM_LIST_LENGTH"]
+    stride = window_stride(config)
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= max_len:
+        raise ConfigError(
+            f"train_window_stride = {config['train_window_stride']!r} is invalid: it must be an integer in "
+            f"1..MAX_ITEM_LIST_LENGTH={max_len} (a larger stride would skip training targets), or ~ for {max_len}."
+        )
+    negatives = config["train_neg_sample_args"] or {}
+    if negatives.get("distribution", "none") != "none":
+        if negatives.get("dynamic") or config["MODEL_INPUT_TYPE"] != InputType.PAIRWISE:
+            raise ConfigError(
+                "train_all_positions samples negatives per position for BPR (uniform or popularity); "
+                f"train_neg_sample_args={negatives} is not supported with it."
+            )
+
+
+def window_end_samples(user_ids: np.ndarray, max_len: int, stride: int) -> np.ndarray:
+    """Which training samples end a window, as positions in ``user_ids`` (the split's samples, each user's in time
+    order): each user's last sample, then every ``stride``-th one before it, down to the first window that reaches
+    back to the user's first training target. With ``stride == max_len`` every target falls in exactly one window."""
+    order = np.argsort(user_ids, kind="stable")  # each user's samples together, still in time order
+    sorted_users = user_ids[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    counts = np.diff(np.r_[starts, len(order)])
+    rank = np.arange(len(order)) - np.repeat(starts, counts)  # the sample's place among the user's targets
+    from_last = np.repeat(counts, counts) - 1 - rank
+    # A window ending at rank j covers ranks j - max_len + 1 .. j; the one ending at j + stride reached rank 0
+    # already when j + stride < max_len.
+    keep = (from_last % stride == 0) & ((from_last == 0) | (rank + stride >= max_len))
+    return np.sort(order[keep])
+
+
+class AllPositionsTrainDataLoader(TrainDataLoader):
+    """Training batches of user windows with the next item at every position (``train_all_positions``).
+
+    A window is the prefix sample of one training target: its history ``x_{e-n} .. x_{e-1}`` (``n`` <= N =
+    ``MAX_ITEM_LIST_LENGTH``) is the input sequence, and the next item at every position, ``x_{e-n+1} .. x_e``, the
+    target sequence (``target_item_id_list``, 0 at padding). Each user's last training target ends a window; earlier
+    windows end every ``train_window_stride`` targets before it (default N: windows tile the history, every
+    training target is predicted once per epoch, with between 1 and N items of context), until one reaches back to
+    the user's first item. A history of T training targets gives about T / stride windows, so an epoch costs
+    O(T * N) positions for the model, against RecBole's T samples of N positions each.
+
+    ``train_batch_size`` counts targets, as in RecBole's prefix scheme (one target per sample): a batch holds
+    ``train_batch_size // N`` windows (at least one), so the CE logits ``[targets, n_items]`` stay the size they
+    have with prefix samples. For BPR, each position gets its own negative from RecBole's sampler
+    (``neg_target_item_id_list``; ``sample_num`` negatives repeat the windows, as RecBole repeats samples). Works on
+    RecBole's dense dataset and on :class:`LazySequentialDataset` alike.
+    """
+
+    def __init__(self, config, dataset, sampler, shuffle=False) -> None:
+        # TrainDataLoader.__init__ sets sample_size to len(dataset); a window is a subset of the samples.
+        self.logger = getLogger()
+        self._set_neg_sample_args(config, dataset, config["MODEL_INPUT_TYPE"], config["train_neg_sample_args"])
+        self.target_field, self.neg_target_field = target_sequence_fields(config)
+        self.item_seq_field = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
+        self.length_field = config["ITEM_LIST_LENGTH_FIELD"]
+        users = dataset.inter_feat[dataset.uid_field].numpy()
+        ends = window_end_samples(users, config["MAX_ITEM_LIST_LENGTH"], window_stride(config))
+        self.window_samples = torch.from_numpy(ends)
+        self.sample_size = len(self.window_samples)
+        NegSampleDataLoader.__init__(self, config, dataset, sampler, shuffle=shuffle)
+
+    def _init_batch_size_and_step(self) -> None:
+        targets = self.config["train_batch_size"] // self.times
+        windows = max(targets // self.config["MAX_ITEM_LIST_LENGTH"], 1)
+        self.step = windows
+        self.set_batch_size(windows * self.times)
+
+    def collate_fn(self, index):
+        windows = self._dataset[self.window_samples[np.array(index)].numpy()]
+        windows.update(Interaction({self.target_field: self.next_items(windows)}))
+        return self._neg_sampling(self.transform(self._dataset, windows))
+
+    def next_items(self, windows: Interaction) -> torch.Tensor:
+        """``[B, N]``: the item after each position of each window's history (the sample's target after the last)."""
+        item_seq = windows[self.item_seq_field]
+        lengths = windows[self.length_field]
+        targets = torch.zeros_like(item_seq)
+        targets[:, :-1] = item_seq[:, 1:]  # 0 from the last real position on
+        targets[torch.arange(len(lengths)), lengths - 1] = windows[self.iid_field]
+        return targets
+
+    def _neg_sampling(self, windows: Interaction) -> Interaction:
+        if self.neg_sample_args["distribution"] == "none" or self.neg_sample_args["sample_num"] == "none":
+            return windows
+        targets = windows[self.target_field]  # [B N]
+        real = targets != 0
+        users = windows[self.uid_field].unsqueeze(1).expand_as(targets)[real]
+        sampled = self._sampler.sample_by_user_ids(users.numpy(), targets[real].numpy(), self.neg_sample_num)
+        negatives = torch.zeros((self.neg_sample_num,) + targets.shape, dtype=torch.long)
+        negatives[:, real] = sampled.view(self.neg_sample_num, -1)  # RecBole's layout: all first samples, ...
+        windows = windows.repeat(self.neg_sample_num)  # row j * B + b is window b, with its j-th negatives
+        windows.update(Interaction({self.neg_target_field: negatives.view(-1, targets.size(1))}))
+        return windows
+
+
+def all_positions_train_data(config, train_data):
+    """``train_data`` as windows (:class:`AllPositionsTrainDataLoader`) when ``train_all_positions``, else itself."""
+    if not config["train_all_positions"]:
+        return train_data
+    return AllPositionsTrainDataLoader(config, train_data._dataset, train_data._sampler, shuffle=config["shuffle"])

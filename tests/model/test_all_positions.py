@@ -1,0 +1,112 @@
+"""The causal models: the loss over every position of a window equals the mean of its prefixes' losses."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole.data.interaction import Interaction
+
+from recbole_elastic.model import CausalELASTIC, CausalSASRec
+from recbole_elastic.standalone import build_standalone_model
+from recbole_elastic.utils import get_model
+
+from tests.helpers import PADDING_SEQUENCES as SEQUENCES
+from tests.helpers import build_model, padded_batch
+
+CAUSAL_MODELS = [CausalELASTIC, CausalSASRec]
+WIDTH = 10
+
+
+def window_batch(width: int = WIDTH, n_items: int = 30, seed: int = 0) -> Interaction:
+    """Windows of SEQUENCES: the inputs, and the next item at every position (a random item after the last)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = padded_batch(SEQUENCES, width)
+    targets = torch.zeros(len(SEQUENCES), width, dtype=torch.long)
+    negatives = torch.zeros_like(targets)
+    for row, items in enumerate(SEQUENCES):
+        following = items[1:] + [int(torch.randint(1, n_items, (1,), generator=generator))]
+        targets[row, : len(items)] = torch.tensor(following)
+        negatives[row, : len(items)] = torch.randint(1, n_items, (len(items),), generator=generator)
+    batch.update(Interaction({"target_item_id_list": targets, "neg_target_item_id_list": negatives}))
+    return batch
+
+
+def prefix_losses(model, batch, loss_type):
+    """Each prefix's loss computed on its own: the model reads the truncated history, scores the next item."""
+    losses = []
+    for row, length in enumerate(batch["item_length"].tolist()):
+        for t in range(length):
+            prefix = padded_batch([batch["item_id_list"][row, : t + 1].tolist()], WIDTH)
+            output = model.forward(prefix["item_id_list"], prefix["item_length"])  # [1 H]
+            target = batch["target_item_id_list"][row, t]
+            if loss_type == "CE":
+                logits = output @ model.item_embedding.weight.T
+                losses.append(F.cross_entropy(logits, target.view(1)))
+            else:
+                negative = batch["neg_target_item_id_list"][row, t]
+                pos = (output[0] * model.item_embedding.weight[target]).sum()
+                neg = (output[0] * model.item_embedding.weight[negative]).sum()
+                losses.append(-torch.log(1e-10 + torch.sigmoid(pos - neg)))  # RecBole's BPRLoss
+    return torch.stack(losses)
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_MODELS)
+@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
+def test_all_position_loss_is_the_mean_of_the_prefix_losses(model_class, loss_type):
+    torch.manual_seed(0)
+    model = build_model(model_class, max_len=WIDTH, loss_type=loss_type).eval()
+    batch = window_batch()
+    with torch.no_grad():
+        loss = model.calculate_loss(batch)
+        expected = prefix_losses(model, batch, loss_type)
+    assert len(expected) == sum(map(len, SEQUENCES))  # one per real position; padding has no loss
+    assert torch.allclose(loss, expected.mean(), atol=1e-5)
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_MODELS)
+def test_padding_targets_change_nothing(model_class):
+    torch.manual_seed(0)
+    model = build_model(model_class, max_len=WIDTH, loss_type="BPR").eval()
+    batch = window_batch()
+    with torch.no_grad():
+        loss = model.calculate_loss(batch)
+        padding = torch.arange(WIDTH).unsqueeze(0) >= batch["item_length"].unsqueeze(1)
+        batch["target_item_id_list"][padding] = 7
+        batch["neg_target_item_id_list"][padding] = 9
+        assert torch.equal(loss, model.calculate_loss(batch))
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_MODELS)
+def test_prefix_samples_get_the_last_position_loss(model_class):
+    # Without a target sequence (RecBole's prefix samples) the loss is the model's usual one.
+    torch.manual_seed(0)
+    model = build_model(model_class, max_len=WIDTH).eval()
+    batch = padded_batch(SEQUENCES, WIDTH)
+    batch.interaction["item_id"] = torch.tensor([1, 2, 3, 4])
+    with torch.no_grad():
+        logits = model.full_sort_predict(batch)
+        assert torch.allclose(model.calculate_loss(batch), F.cross_entropy(logits, batch["item_id"]), atol=1e-6)
+
+
+def test_causal_sasrec_with_sasrec_weights_is_recbole_sasrec():
+    torch.manual_seed(0)
+    sasrec = build_standalone_model("SASRec", 30, WIDTH).eval()
+    causal = build_model(CausalSASRec, max_len=WIDTH).eval()
+    assert get_model("SASRec").__name__ == "SASRec"
+    causal.load_state_dict(sasrec.state_dict())
+    batch = padded_batch(SEQUENCES, WIDTH)
+    with torch.no_grad():
+        assert torch.allclose(causal.full_sort_predict(batch), sasrec.full_sort_predict(batch), atol=1e-6)
+
+
+def test_causal_sasrec_position_t_equals_the_history_truncated_at_t():
+    torch.manual_seed(0)
+    model = build_model(CausalSASRec, max_len=WIDTH).eval()
+    batch = padded_batch(SEQUENCES, WIDTH)
+    with torch.no_grad():
+        full = model.forward_all_positions(batch["item_id_list"], batch["item_length"])
+        for row, items in enumerate(SEQUENCES):
+            for t in range(len(items)):
+                prefix = padded_batch([items[: t + 1]], WIDTH)
+                alone = model.forward(prefix["item_id_list"], prefix["item_length"])[0]
+                assert torch.allclose(full[row, t], alone, atol=1e-5), (row, t)

@@ -1,0 +1,177 @@
+"""CausalELASTIC: the output at position t depends on the items up to t only, at O(N * k) cost."""
+
+import pytest
+import torch
+
+from recbole_elastic.errors import ConfigError
+from recbole_elastic.model import ELASTIC, CausalELASTIC
+from recbole_elastic.model.causal_layers import prefix_softmax_attention
+
+from tests.helpers import PADDING_SEQUENCES as SEQUENCES
+from tests.helpers import LargestTensor, build_model, padded_batch
+
+SMALL = {"hidden_size": 16, "inner_size": 32, "n_interests": 4, "memory_keys": 8, "memory_topk": 2, "memory_key_dim": 8}
+
+
+def all_positions(model, sequences, width):
+    batch = padded_batch(sequences, width)
+    with torch.no_grad():
+        return model.forward_all_positions(batch["item_id_list"], batch["item_length"])
+
+
+@pytest.mark.parametrize("use_interest_memory", [True, False])
+def test_position_t_equals_the_history_truncated_at_t(use_interest_memory):
+    torch.manual_seed(0)
+    # chunks of 4 positions: the 9-item sequence crosses two chunk boundaries
+    model = build_model(CausalELASTIC, max_len=16, causal_chunk_size=4, use_interest_memory=use_interest_memory)
+    model.eval()
+    full = all_positions(model, SEQUENCES, 16)
+    cases = [(row, t) for row, items in enumerate(SEQUENCES) for t in range(len(items))]
+    padded = all_positions(model, [SEQUENCES[row][: t + 1] for row, t in cases], 11)  # padding after each history
+    for case, (row, t) in enumerate(cases):
+        assert torch.allclose(full[row, t], padded[case, t], atol=1e-5), (row, t)
+    for t in range(max(map(len, SEQUENCES))):  # no padding at all
+        rows = [row for row, items in enumerate(SEQUENCES) if len(items) > t]
+        alone = all_positions(model, [SEQUENCES[row][: t + 1] for row in rows], t + 1)[:, t]
+        assert torch.allclose(full[rows, t], alone, atol=1e-5), t
+
+
+def test_later_items_change_nothing_before_them_and_earlier_items_do():
+    torch.manual_seed(0)
+    model = build_model(CausalELASTIC, max_len=12, causal_chunk_size=3).eval()
+    items = [1, 2, 3, 4, 5, 6, 7, 8]
+    base = all_positions(model, [items], 12)[0]
+    later = all_positions(model, [items[:5] + [20, 21, 22]], 12)[0]
+    earlier = all_positions(model, [[9] + items[1:]], 12)[0]
+    assert torch.allclose(base[:5], later[:5], atol=1e-5)
+    assert not torch.allclose(base[5:8], later[5:8], atol=1e-3)
+    assert not torch.allclose(base[7], earlier[7], atol=1e-3)  # the first item still reaches the last position
+
+
+def test_readout_equals_every_position_output_at_the_last_item():
+    torch.manual_seed(0)
+    model = build_model(CausalELASTIC, max_len=12, causal_chunk_size=4).eval()
+    batch = padded_batch(SEQUENCES, 12)
+    lengths = batch["item_length"]
+    with torch.no_grad():
+        readout = model.forward(batch["item_id_list"], lengths)
+        every = model.forward_all_positions(batch["item_id_list"], lengths)
+    assert torch.allclose(readout, every[torch.arange(len(SEQUENCES)), lengths - 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 64])
+def test_chunk_size_changes_nothing(chunk_size):
+    torch.manual_seed(0)
+    reference = build_model(CausalELASTIC, max_len=12, causal_chunk_size=5).eval()
+    other = build_model(CausalELASTIC, max_len=12, causal_chunk_size=chunk_size).eval()
+    other.load_state_dict(reference.state_dict())
+    assert torch.allclose(all_positions(reference, SEQUENCES, 12), all_positions(other, SEQUENCES, 12), atol=1e-5)
+
+
+def test_prefix_softmax_attention_equals_masked_softmax_at_every_prefix():
+    torch.manual_seed(0)
+    scores = torch.randn(2, 3, 4, 11) * 30  # large scores: the running max must keep exp finite
+    scores[1, :, :, 7:] = float("-inf")  # padding
+    values = torch.randn(2, 3, 11, 5)
+    out = prefix_softmax_attention(scores, values, chunk_size=4)
+    for t in range(11):
+        expected = torch.softmax(scores[..., : t + 1], dim=-1) @ values[:, :, : t + 1]
+        assert torch.allclose(out[..., t, :], expected, atol=1e-5), t
+
+
+def test_prefix_softmax_attention_gradients_are_finite_with_padding():
+    scores = (torch.randn(1, 1, 2, 9) * 50).requires_grad_()
+    values = torch.randn(1, 1, 9, 4, requires_grad=True)
+    masked = scores.masked_fill(torch.arange(9) >= 6, float("-inf"))
+    prefix_softmax_attention(masked, values, chunk_size=4).sum().backward()
+    assert torch.isfinite(scores.grad).all() and torch.isfinite(values.grad).all()
+    assert (scores.grad[..., 6:] == 0).all()
+
+
+def largest_tensor(model, width):
+    batch = padded_batch([(list(range(1, 29)) * (width // 28 + 1))[:width]], width)
+    with torch.no_grad(), LargestTensor() as probe:
+        model.forward_all_positions(batch["item_id_list"], batch["item_length"])
+    return probe.largest
+
+
+def test_no_n_by_n_tensor_and_memory_linear_in_n():
+    torch.manual_seed(0)
+    model = build_model(CausalELASTIC, n_items=30, max_len=1024, causal_chunk_size=16, **SMALL).eval()
+    small, large = largest_tensor(model, 512), largest_tensor(model, 1024)
+    assert large < 1024 * 1024 / 4  # the largest is the [N, k, inner_size] FFN activation, far below N^2
+    assert large <= 2.1 * small  # doubling N doubles the largest tensor: nothing grows as N^2
+
+
+def test_training_gradients_reach_memory_queries_and_every_block():
+    torch.manual_seed(0)
+    model = build_model(CausalELASTIC, max_len=10).train()
+    batch = padded_batch(SEQUENCES, 10)
+    batch.interaction["item_id"] = torch.tensor([1, 2, 3, 4])
+    model.calculate_loss(batch).backward()
+    assert model.interest_memory.values.weight.grad.abs().sum() > 0
+    for block in model.dispatcher_blocks:
+        assert block.interest_queries.grad.abs().sum() > 0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_last_position_retrieves_what_elastic_retrieves():
+    # The retrieval query at the last position is ELASTIC's (the mean of the whole sequence).
+    torch.manual_seed(0)
+    elastic = build_model(ELASTIC, max_len=10).eval()
+    causal = build_model(CausalELASTIC, max_len=10).eval()
+    causal.interest_memory.load_state_dict(elastic.interest_memory.state_dict())
+    causal.item_embedding.load_state_dict(elastic.item_embedding.state_dict())
+    causal.position_embedding.load_state_dict(elastic.position_embedding.state_dict())
+    batch = padded_batch(SEQUENCES, 10)
+    assert torch.equal(elastic.memory_slots(batch), causal.memory_slots(batch))
+
+
+def test_bad_chunk_size_names_the_key():
+    with pytest.raises(ConfigError) as error:
+        build_model(CausalELASTIC, causal_chunk_size=0)
+    assert "CausalELASTIC" in str(error.value) and "`causal_chunk_size`" in str(error.value)
+
+
+def stream(model, sequences):
+    """Each event's output ``[B, L, H]`` and the final state, folding one event per user at a time."""
+    state = model.init_stream_state(len(sequences))
+    outputs = []
+    for t in range(len(sequences[0])):
+        state = model.stream_update(state, torch.tensor([items[t] for items in sequences]))
+        outputs.append(state.output)
+    return torch.stack(outputs, dim=1), state
+
+
+@pytest.mark.parametrize("use_interest_memory", [True, False])
+def test_streaming_equals_the_full_forward_within_the_position_table(use_interest_memory):
+    torch.manual_seed(0)
+    model = build_model(CausalELASTIC, max_len=10, causal_chunk_size=4, use_interest_memory=use_interest_memory)
+    model.eval()
+    sequences = [[3, 5, 7, 1, 9, 2, 8], [11, 4, 4, 9, 21, 13, 6], [1, 2, 3, 4, 5, 6, 7]]
+    outputs, state = stream(model, sequences)
+    assert torch.allclose(outputs, all_positions(model, sequences, 10)[:, :7], atol=1e-5)
+    with torch.no_grad():
+        scores = model.full_sort_predict(padded_batch(sequences, 10))
+    assert torch.allclose(model.stream_scores(state), scores, atol=1e-5)
+
+
+def test_streaming_past_the_position_table_equals_the_full_forward_over_the_whole_history():
+    torch.manual_seed(0)
+    model = build_model(CausalELASTIC, max_len=6, causal_chunk_size=4).eval()
+    generator = torch.Generator().manual_seed(0)
+    sequences = torch.randint(1, 30, (3, 25), generator=generator).tolist()
+    outputs, state = stream(model, sequences)
+    assert int(state.length[0]) == 25
+    # positions >= 6 reuse the last position embedding in both
+    assert torch.allclose(outputs, all_positions(model, sequences, 25), atol=1e-5)
+
+
+def test_without_the_interest_ffn_the_model_stays_causal_and_streams():
+    torch.manual_seed(0)
+    model = build_model(CausalELASTIC, max_len=10, causal_chunk_size=4, causal_interest_ffn=False).eval()
+    assert not any("aggregate_ffn" in name for name, _ in model.named_parameters())
+    sequences = [[3, 5, 7, 1, 9, 2], [11, 4, 4, 9, 21, 13]]
+    full = all_positions(model, sequences, 10)
+    assert torch.allclose(all_positions(model, [sequences[0][:3]], 10)[0, 2], full[0, 2], atol=1e-5)
+    assert torch.allclose(stream(model, sequences)[0], full[:, :6], atol=1e-5)

@@ -1,0 +1,207 @@
+"""Lazy prefix samples (exactly RecBole's augmentation) and all-position training windows."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from recbole.data import data_preparation
+from recbole.data.dataset import SequentialDataset
+
+from recbole_elastic.config import build_config
+from recbole_elastic.data import prepare_data
+from recbole_elastic.errors import ConfigError
+from recbole_elastic.quick_start import run
+from recbole_elastic.windows import (
+    AllPositionsTrainDataLoader,
+    LazySequenceInteraction,
+    LazySequentialDataset,
+    window_end_samples,
+)
+
+from tests.helpers import tiny_run_config, write_inter
+
+
+def assert_same_samples(lazy_feat, dense_feat):
+    """Same samples in the same order: every field RecBole builds, with its dtype, shape and values."""
+    assert isinstance(lazy_feat, LazySequenceInteraction)
+    assert len(lazy_feat) == len(dense_feat)
+    assert lazy_feat.columns == dense_feat.columns
+    materialized = lazy_feat.materialize(slice(None))
+    for field in dense_feat.columns:
+        expected, actual = dense_feat[field], materialized[field]
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape, field
+        assert torch.equal(actual, expected), field
+
+
+def build_both(config):
+    """RecBole's dataset and the lazy one for ``config``, each built (augmented and split) by RecBole's build."""
+    datasets = []
+    for dataset_class in (SequentialDataset, LazySequentialDataset):
+        dataset = dataset_class(config)
+        datasets.append((dataset, dataset.build()))
+    return datasets
+
+
+def assert_same_datasets(config):
+    (dense, dense_splits), (lazy, lazy_splits) = build_both(config)
+    for attribute in ("field2type", "field2source", "field2seqlen"):
+        assert getattr(lazy, attribute) == getattr(dense, attribute), attribute
+    assert_same_samples(lazy.inter_feat, dense.inter_feat)
+    for lazy_split, dense_split in zip(lazy_splits, dense_splits):
+        assert_same_samples(lazy_split.inter_feat, dense_split.inter_feat)
+        index = np.random.default_rng(0).permutation(len(dense_split))[:37]  # a data loader's batch
+        batch, expected = lazy_split[index], dense_split[index]
+        assert all(torch.equal(batch[field], expected[field]) for field in expected.columns)
+    return lazy
+
+
+def test_lazy_samples_are_recbole_augmentation_on_ml_100k(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # RecBole finds ml-100k in its wheel (dataset_example) by name; rating is a float field, timestamp too.
+    config = build_config("ELASTIC", "ml-100k", config_dict={"MAX_ITEM_LIST_LENGTH": 50, "gpu_id": ""})
+    lazy = assert_same_datasets(config)
+    assert len(lazy.inter_feat.interactions) == 100_000  # each interaction stored once
+    assert all(tensor.dim() == 1 for tensor in lazy.inter_feat.interactions.interaction.values())
+
+
+def write_extra_fields_dataset(data_path, name="extra", n_users=30, seed=0):
+    """user, item, a float (rating), a token (category) and a token_seq (tags) field; ties in time; users with
+    2 to 25 interactions (shorter and longer than MAX_ITEM_LIST_LENGTH)."""
+    rng = random.Random(seed)
+    lines = ["user_id:token\titem_id:token\trating:float\tcategory:token\ttags:token_seq\ttimestamp:float"]
+    for user in range(1, n_users + 1):
+        for step in range(rng.choice([2, 3, 5, 9, 25])):
+            tags = " ".join(f"t{rng.randint(1, 6)}" for _ in range(rng.randint(1, 3)))
+            time = 1_000 + user * 100 + step // 2  # pairs of equal timestamps
+            lines.append(f"{user}\t{rng.randint(1, 40)}\t{rng.randint(1, 5)}.5\tc{rng.randint(1, 4)}\t{tags}\t{time}")
+    write_inter(data_path, name, "\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    "split, numerical, unused",
+    [
+        ({"LS": "valid_and_test"}, False, None),
+        ({"LS": "valid_and_test"}, True, {"inter": ["category"]}),  # rating embedded as a numerical feature
+        ({"RS": [0.8, 0.1, 0.1]}, False, None),
+    ],
+)
+def test_lazy_samples_are_recbole_augmentation_with_extra_fields(tmp_path, monkeypatch, split, numerical, unused):
+    monkeypatch.chdir(tmp_path)
+    data_path = str(tmp_path / "data")
+    write_extra_fields_dataset(data_path)
+    config_dict = {
+        "data_path": data_path,
+        "load_col": {"inter": ["user_id", "item_id", "rating", "category", "tags", "timestamp"]},
+        "MAX_ITEM_LIST_LENGTH": 7,
+        "eval_args": {"split": split, "order": "TO", "group_by": "user", "mode": "full"},
+        "numerical_features": ["rating"] if numerical else [],
+        "unused_col": unused,  # dropped when the dataset is split (category; category_list stays, as in RecBole)
+        "gpu_id": "",
+    }
+    lazy = assert_same_datasets(build_config("ELASTIC", "extra", config_dict=config_dict))
+    assert {"rating_list", "category_list", "tags_list", "timestamp_list"} <= set(lazy.inter_feat.columns)
+    assert ("category" in lazy.inter_feat) == (unused is None)
+
+
+@pytest.mark.parametrize("model", ["ELASTIC", "GRU4Rec"])
+def test_lazy_windows_give_the_same_metrics(tiny_data, model):
+    results = [
+        run(model, "tiny", config_dict=tiny_run_config(tiny_data, lazy_sequence_windows=lazy), saved=False)
+        for lazy in (True, False)
+    ]
+    assert results[0]["test_result"] == results[1]["test_result"]
+    assert results[0]["best_valid_result"] == results[1]["best_valid_result"]
+
+
+def test_run_path_builds_the_lazy_dataset_unless_switched_off(tiny_data):
+    for lazy, dataset_class in ((None, LazySequentialDataset), (False, SequentialDataset)):
+        settings = tiny_run_config(tiny_data)
+        if lazy is not None:
+            settings["lazy_sequence_windows"] = lazy
+        dataset = prepare_data(build_config("ELASTIC", "tiny", config_dict=settings))[0]
+        assert type(dataset) is dataset_class
+
+
+# ----- all-position training windows -----
+
+
+def test_window_ends_tile_each_users_targets():
+    users = np.array([5] * 10 + [2] * 3 + [7])  # each user's training samples, in time order
+    ends = window_end_samples(users, max_len=4, stride=4)
+    # user 5 (targets 0..9): windows end at 9, 5, 1; user 2: at 2; user 7: at its only target
+    assert ends.tolist() == [1, 5, 9, 12, 13]
+    covered = window_end_samples(users, max_len=4, stride=2)
+    assert covered.tolist() == [3, 5, 7, 9, 12, 13]  # ends 9, 7, 5, 3 (3 reaches back to target 0)
+
+
+def windows_of_one_epoch(config):
+    dataset, train_data, valid_data, test_data = prepare_data(config)
+    assert isinstance(train_data, AllPositionsTrainDataLoader)
+    batches = list(train_data)
+    return dataset, train_data, batches
+
+
+@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
+def test_windows_cover_every_training_target_once(tiny_data, loss_type):
+    config = build_config("CausalELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, loss_type=loss_type))
+    assert config["train_all_positions"] is True
+    dataset, train_data, batches = windows_of_one_epoch(config)
+    # train_batch_size (64) counts targets: 64 // N = 6 windows of up to N = 10 targets
+    assert max(len(batch) for batch in batches) == 6
+    prefix_train = train_data._dataset  # RecBole's training split: one sample per training target
+    expected = sorted(zip(prefix_train.inter_feat["user_id"].tolist(), prefix_train.inter_feat["timestamp"].tolist()))
+    seen = []
+    for batch in batches:
+        items, targets, lengths = batch["item_id_list"], batch["target_item_id_list"], batch["item_length"]
+        times = batch["timestamp_list"]
+        assert items.shape == targets.shape == (len(lengths), 10)
+        for row, length in enumerate(lengths.tolist()):
+            assert torch.equal(targets[row, : length - 1], items[row, 1:length])  # the next item at every position
+            assert targets[row, length - 1] == batch["item_id"][row]
+            assert (targets[row, length:] == 0).all()
+            user = int(batch["user_id"][row])
+            # the target of position p is the interaction after the history's p-th: its time is the next one
+            seen += [(user, t) for t in times[row, 1:length].tolist()] + [(user, float(batch["timestamp"][row]))]
+        if loss_type == "BPR":
+            negatives = batch["neg_target_item_id_list"]
+            real = targets != 0
+            assert negatives.shape == targets.shape and (negatives[~real] == 0).all()
+            assert (negatives[real] > 0).all() and (negatives[real] != targets[real]).all()
+        else:
+            assert "neg_target_item_id_list" not in batch
+    assert sorted(seen) == expected
+
+
+def test_valid_and_test_stay_recbole_samples(tiny_data):
+    config = build_config("CausalELASTIC", "tiny", config_dict=tiny_run_config(tiny_data))
+    _, train_data, valid_data, test_data = prepare_data(config)
+    reference = build_config("CausalELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, train_all_positions=False))
+    reference_dataset = SequentialDataset(reference)
+    _, reference_valid, reference_test = data_preparation(reference, reference_dataset)
+    for ours, theirs in ((valid_data, reference_valid), (test_data, reference_test)):
+        assert_same_samples(ours._dataset.inter_feat, theirs._dataset.inter_feat)
+
+
+def test_all_positions_run_trains_both_causal_models(tiny_data):
+    for model in ("CausalELASTIC", "CausalSASRec"):
+        result = run(model, "tiny", config_dict=tiny_run_config(tiny_data, train_window_stride=3), saved=False)
+        assert np.isfinite(result["best_valid_score"]) and result["epochs"] == 1
+
+
+@pytest.mark.parametrize(
+    "model, settings, fragment",
+    [
+        ("ELASTIC", {"train_all_positions": True}, "scores every position causally"),
+        ("CausalELASTIC", {"train_window_stride": 0}, "train_window_stride"),
+        ("CausalELASTIC", {"train_window_stride": 11}, "1..MAX_ITEM_LIST_LENGTH=10"),
+    ],
+)
+def test_bad_window_settings_name_the_key(tiny_data, model, settings, fragment):
+    config = build_config(model, "tiny", config_dict=tiny_run_config(tiny_data, **settings))
+    with pytest.raises(ConfigError) as error:
+        prepare_data(config)
+    assert fragment in str(error.value)
+    assert not os.path.isdir(os.path.join(tiny_data, "saved"))
