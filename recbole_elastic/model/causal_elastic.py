@@ -118,8 +118,9 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
         input_emb = self.item_embedding(item_seq) + self.position_embedding(position_ids).unsqueeze(0)
         return self.dropout(self.LayerNorm(input_emb))
 
-    def prefix_interests(self, sequence: torch.Tensor, sequence_mask: torch.Tensor) -> torch.Tensor:
-        """Each position's initial interest tokens ``[B, N, k, H]``, retrieved from the prefix up to it."""
+    def initial_interests(self, sequence: torch.Tensor, sequence_mask: torch.Tensor) -> torch.Tensor:
+        """Each position's initial interest tokens ``[B, N, k, H]``, retrieved from the prefix up to it (ELASTIC's
+        ``forward`` reads them out at ``item_seq_len - 1`` through this model's causal blocks)."""
         batch, length, hidden = sequence.shape
         if not self.use_interest_memory:
             return self.shared_interests.expand(batch, length, -1, -1)
@@ -132,21 +133,10 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
 
     def forward_all_positions(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         sequence, sequence_mask = self.embed_sequence(item_seq)
-        interests = self.prefix_interests(sequence, sequence_mask)
+        interests = self.initial_interests(sequence, sequence_mask)
         for block in self.dispatcher_blocks:
             sequence, interests = block(sequence, interests, sequence_mask)
         return sequence  # [B N H]
-
-    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        sequence, sequence_mask = self.embed_sequence(item_seq)
-        interests = self.prefix_interests(sequence, sequence_mask)
-        readout_index = (item_seq_len - 1).clamp(min=0)
-        last = len(self.dispatcher_blocks) - 1
-        for i, block in enumerate(self.dispatcher_blocks):
-            sequence, interests = block(
-                sequence, interests, sequence_mask, readout_index=readout_index if i == last else None
-            )
-        return sequence.squeeze(1)  # [B H]
 
     # Streaming: fold a user's events into a fixed-size state, one at a time (inference).
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_elastic.model.layers import CrossAttention, FusedFeedForward, ProjectedAttention
+from recbole_elastic.model.layers import CrossAttention, FusedFeedForward
 
 
 def prefix_softmax_attention(
@@ -65,7 +65,7 @@ def prefix_softmax_attention(
     return torch.cat(outputs, dim=-2)
 
 
-class PrefixAggregation(ProjectedAttention):
+class PrefixAggregation(CrossAttention):
     """The aggregate stage of causal LDA: k position-independent queries attend, at every position t, to the
     sequence up to t; the result is added to each position's own interest states (residual, post-LN as SASRec).
 
@@ -82,8 +82,7 @@ class PrefixAggregation(ProjectedAttention):
         layer_norm_eps: float,
         chunk_size: int,
     ) -> None:
-        super().__init__(hidden_size, n_heads, hidden_dropout_prob, layer_norm_eps)
-        self.attn_dropout_prob = attn_dropout_prob
+        super().__init__(hidden_size, n_heads, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps)
         self.chunk_size = chunk_size
 
     def forward(
