@@ -2,7 +2,8 @@
 
 * :class:`ElasticTrainer` is RecBole's ``Trainer`` that also times each training epoch, keeps the validation score
   of each evaluation, and writes checkpoints atomically (RecBole writes in place, so a crash mid-write would leave
-  half a checkpoint where the last good one was). Checkpoints are named ``<model>-<dataset>-<time>.pth``, and a
+  half a checkpoint where the last good one was). Checkpoints are named ``<model>-<dataset>-<time>.pth`` (``-1``,
+  ``-2``, ... after the time when a run in the same second has one), and a
   resumed run writes its own file (RecBole would keep saving into, and so replace, the file it resumed from).
 * :class:`DistributedElasticTrainer` is that trainer for distributed configs (``single_spec`` False). RecBole
   1.2.1 assumes CUDA and a shared clock; this trainer
@@ -27,6 +28,7 @@ trainers) get the same behaviour through the same mixins on top of their own tra
 """
 
 import functools
+import itertools
 import os
 import time
 from logging import getLogger
@@ -75,8 +77,12 @@ class RecordingMixin:
         self.epoch_seconds: List[float] = []  # wall time of each training epoch run
         self.valid_curve: List[float] = []  # the validation score after each evaluation
         self._epoch_line: Optional[str] = None  # the last training epoch's console line, until validation ends it
-        name = f"{config['model']}-{config['dataset']}-{get_local_time()}.pth"
-        self.saved_model_file = os.path.join(self.checkpoint_dir, name)
+        stem = os.path.join(self.checkpoint_dir, f"{config['model']}-{config['dataset']}-{get_local_time()}")
+        self.saved_model_file = f"{stem}.pth"
+        for count in itertools.count(1):  # the time has one-second resolution: runs in one second get -1, -2, ...
+            if not os.path.exists(self.saved_model_file):
+                break
+            self.saved_model_file = f"{stem}-{count}.pth"
 
     def resume_checkpoint(self, resume_file: str) -> None:
         """RecBole's resume (weights, optimiser, best score, next epoch), saving into this run's own file.
