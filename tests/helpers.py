@@ -84,17 +84,8 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
+# Left-aligned item sequences of several lengths (one of a single item), as RecBole pads them.
 PADDING_SEQUENCES = [[3, 5, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [11], [4, 4, 9, 21, 13]]
-
-
-def scores_at_two_paddings(model):
-    """``full_sort_predict`` of the same sequences right-padded to width 10 and to width 20 (eval mode)."""
-    model.eval()
-    with torch.no_grad():
-        return (
-            model.full_sort_predict(padded_batch(PADDING_SEQUENCES, 10)),
-            model.full_sort_predict(padded_batch(PADDING_SEQUENCES, 20)),
-        )
 
 
 def run_python_reporting(script: str, *args: str, marker: str = "REPORT ", timeout: int = 600):
