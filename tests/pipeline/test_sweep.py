@@ -1,6 +1,7 @@
 """Multi-model sweeps: one protocol, per-model overrides, seeds, a results table in three formats."""
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -9,6 +10,9 @@ import statistics
 import pytest
 import yaml
 
+import recbole.trainer.trainer as recbole_trainer
+
+import recbole_elastic.trainer as plugin_trainer
 from recbole_elastic.cli import main
 from recbole_elastic.config import load_config_files
 from recbole_elastic.sweep import run_sweep
@@ -34,7 +38,17 @@ def two_seed_paired_p_value(first, other):
     return 1 - 2 * math.atan(abs(t)) / math.pi
 
 
-def test_three_model_sweep_with_seeds_writes_csv_json_and_markdown(tiny_data, tmp_path):
+def set_checkpoint_clock(monkeypatch, clock):
+    """Checkpoints are named ``<model>-...-<local time to the second>.pth``: the trainers read ``clock()`` instead."""
+    for module in (recbole_trainer, plugin_trainer):
+        if hasattr(module, "get_local_time"):
+            monkeypatch.setattr(module, "get_local_time", clock)
+
+
+def test_three_model_sweep_with_seeds_writes_csv_json_and_markdown(tiny_data, tmp_path, monkeypatch):
+    # Each run's checkpoint gets its own name even when runs end within one second (see the xfail test below).
+    ticks = itertools.count()
+    set_checkpoint_clock(monkeypatch, lambda: f"run{next(ticks)}")
     config_file = tmp_path / "sweep.yaml"
     config_file.write_text(yaml.safe_dump({"model_overrides": {"SASRec": {"n_layers": 1}}}))
     output_dir = str(tmp_path / "out")
@@ -96,3 +110,15 @@ def test_a_failing_model_is_a_failed_row_and_the_others_still_run(tiny_data, tmp
     assert float(rows[1]["ndcg@10_mean"]) == pytest.approx(linrec_run["test_result"]["ndcg@10"], rel=1e-9)
     assert_metrics_match_the_checkpoint(linrec_run["test_result"], linrec_run["model_file"])
     assert "| LinRec |" in capsys.readouterr().out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: checkpoints are named by the local time to the second, so two runs of one model that start "
+    "within the same second (seeds of a fast sweep) write the same file and the first run's model is lost",
+)
+def test_two_seeds_of_one_model_keep_two_checkpoints(tiny_data, tmp_path, monkeypatch):
+    set_checkpoint_clock(monkeypatch, lambda: "Nov-29-2026_20-16-00")  # both runs start within one second
+    result = run_sweep(["LinRec"], "tiny", [1, 2], str(tmp_path / "out"), {}, tiny_run_config(tiny_data))
+    first, second = result["rows"][0]["runs"]
+    assert first["model_file"] != second["model_file"]
