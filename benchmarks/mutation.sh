@@ -2,7 +2,7 @@
 # Mutation testing of the models: mutmut mutates recbole_elastic/model/ one change at a time and runs, for each
 # mutant, the tests in tests/model/ that executed the mutated function; a mutant the tests do not fail "survived".
 # Settings are in pyproject.toml ([tool.mutmut]); docs/MUTATION.md records the score and the survivors.
-#   pip install -e ".[dev]"            # mutmut (and the test extra)
+#   pip install ".[dev]"               # mutmut (and the test extra)
 #   bash benchmarks/mutation.sh        # 2 workers (MUTATION_WORKERS), about 30 minutes on 2 cores
 #   bash benchmarks/mutation.sh 'recbole_elastic.model.layers*'   # only the mutants whose name matches
 # Afterwards: `mutmut results` lists the survivors, `mutmut show NAME` prints one as a diff. The working copy
