@@ -1,5 +1,9 @@
 """Fixtures shared by every test; plain helper functions live in ``tests/helpers.py``."""
 
+import urllib.error
+import urllib.request
+from typing import List
+
 import pytest
 
 from recbole_elastic import compat
@@ -15,3 +19,16 @@ def tiny_data(tmp_path, monkeypatch) -> str:
     """A tiny generated dataset named 'tiny'; the test runs in tmp_path so RecBole's log folders land there."""
     monkeypatch.chdir(tmp_path)
     return write_tiny_dataset(str(tmp_path / "data"))
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> List[str]:
+    """Every ``urllib.request.urlopen`` (RecBole's downloads) fails as without a network; returns the URLs tried."""
+    tried: List[str] = []
+
+    def unreachable(url, *args, **kwargs):
+        tried.append(url if isinstance(url, str) else url.full_url)
+        raise urllib.error.URLError("[Errno 101] Network is unreachable (test: no network)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    return tried

@@ -1,6 +1,7 @@
 """Shared test helpers: models built without a dataset, a tiny generated RecBole dataset, CLI and subprocess runs."""
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -13,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from recbole.data.interaction import Interaction
 
 from recbole_elastic.cli import main
+from recbole_elastic.evaluate import held_out_ranks
 from recbole_elastic.standalone import build_standalone_model
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,17 +86,34 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
+# Left-aligned item sequences of several lengths (one of a single item), as RecBole pads them.
 PADDING_SEQUENCES = [[3, 5, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [11], [4, 4, 9, 21, 13]]
 
 
-def scores_at_two_paddings(model):
-    """``full_sort_predict`` of the same sequences right-padded to width 10 and to width 20 (eval mode)."""
-    model.eval()
-    with torch.no_grad():
-        return (
-            model.full_sort_predict(padded_batch(PADDING_SEQUENCES, 10)),
-            model.full_sort_predict(padded_batch(PADDING_SEQUENCES, 20)),
-        )
+def metrics_from_ranks(ranks: Dict[Any, int], k: int = 10) -> Dict[str, float]:
+    """Leave-one-out test metrics at ``k`` from each test user's 0-based rank of the held-out item (as
+    :func:`recbole_elastic.evaluate.held_out_ranks` gives them), computed here independently of RecBole: a hit is
+    rank < k, MRR 1 / (rank + 1), NDCG 1 / log2(rank + 2), precision hits / k; each averaged over the users."""
+    ranks = list(ranks.values())
+    hits = [rank < k for rank in ranks]
+    return {
+        f"recall@{k}": sum(hits) / len(ranks),
+        f"mrr@{k}": sum(1 / (rank + 1) for rank in ranks if rank < k) / len(ranks),
+        f"ndcg@{k}": sum(1 / math.log2(rank + 2) for rank in ranks if rank < k) / len(ranks),
+        f"hit@{k}": sum(hits) / len(ranks),
+        f"precision@{k}": sum(hits) / k / len(ranks),
+    }
+
+
+def assert_metrics_match_the_checkpoint(metrics: Dict[str, float], model_file: str, tolerance: float = 1e-4) -> None:
+    """``metrics`` (a run's reported test metrics, rounded to 4 decimals by RecBole) equal the ones recomputed
+    from the saved checkpoint's per-user ranks; ``tolerance`` covers the rounding. A model scored wrongly at test
+    time, a metric mislabelled or taken from the wrong split fails this."""
+    expected = metrics_from_ranks(held_out_ranks(model_file))
+    assert set(metrics) == set(expected)
+    assert sum(expected.values()) > 0, "no test user's item ranked in the top 10: nothing is compared"
+    for name, value in metrics.items():
+        assert abs(value - expected[name]) <= tolerance, (name, value, expected[name])
 
 
 def run_python_reporting(script: str, *args: str, marker: str = "REPORT ", timeout: int = 600):

@@ -1,10 +1,16 @@
-"""The benchmark scripts keep working (untimed: tiny inputs; efficiency numbers are not checked)."""
+"""The benchmark scripts keep working: the efficiency sweep's table and its one claim that holds on any machine
+(ELASTIC's inference is several times SASRec's at N=1024), and the paired per-user comparison's numbers."""
 
 import importlib.util
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
+
+import pytest
+from scipy import stats
 
 from recbole_elastic.evaluate import held_out_ranks
 from recbole_elastic.quick_start import run
@@ -12,13 +18,13 @@ from recbole_elastic.quick_start import run
 from tests.helpers import REPO_ROOT, tiny_run_config
 
 
-def test_efficiency_benchmark_runs_at_two_tiny_lengths(tmp_path):
+def test_efficiency_benchmark_at_a_short_and_a_long_length(tmp_path):
     out = tmp_path / "bench"
     command = [
         sys.executable,
         os.path.join(REPO_ROOT, "benchmarks", "efficiency.py"),
         "--lengths",
-        "8,16",
+        "8,1024",
         "--models",
         "ELASTIC,SASRec,LinRec",
         "--n-items",
@@ -26,25 +32,40 @@ def test_efficiency_benchmark_runs_at_two_tiny_lengths(tmp_path):
         "--batch-size",
         "2",
         "--warmup",
-        "0",
-        "--repeats",
         "1",
+        "--repeats",
+        "3",
         "--out",
         str(out),
     ]
-    process = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    # One thread per measuring process: timings on a shared machine with oversubscribed threads mean nothing.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert process.returncode == 0, process.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())
-    assert {(p["model"], p["length"]) for p in result["points"]} == {
-        (m, n) for m in ("ELASTIC", "SASRec", "LinRec") for n in (8, 16)
-    }
+    points = {(p["model"], p["length"]): p for p in result["points"]}
+    assert set(points) == {(m, n) for m in ("ELASTIC", "SASRec", "LinRec") for n in (8, 1024)}
     for point in result["points"]:
         assert point["status"] == "ok", point
-        assert point["inference_sequences_per_second"] > 0 and point["train_step_seconds"] > 0
-        assert point["params"] > 0
+        assert point["inference_sequences_per_second"] == pytest.approx(2 / point["inference_seconds"])
+    # same layers and sizes: SASRec and LinRec differ only in their attention, which has no parameters of its own
+    assert points[("SASRec", 8)]["params"] == points[("LinRec", 8)]["params"]
     ratios = result["summary"]["per_length"]
-    assert set(ratios) == {"8", "16"}
-    assert ratios["16"]["inference_speedup_over_sasrec"] > 0
+    assert set(ratios) == {"8", "1024"}
+    for length, row in ratios.items():
+        elastic, sasrec, linrec = (points[(m, int(length))] for m in ("ELASTIC", "SASRec", "LinRec"))
+        rate = "inference_sequences_per_second"
+        assert row["inference_speedup_over_sasrec"] == pytest.approx(elastic[rate] / sasrec[rate])
+        assert row["inference_speedup_over_linrec"] == pytest.approx(elastic[rate] / linrec[rate])
+        step = "train_step_seconds"
+        assert row["train_speedup_over_sasrec"] == pytest.approx(sasrec[step] / elastic[step])
+        memory = "train_peak_memory_mb"
+        assert row["memory_elastic_over_sasrec"] == pytest.approx(elastic[memory] / sasrec[memory])
+    # The claims at long sequences (README, batch 16, N=1024: 22x the inference throughput, 13% of the memory):
+    # SASRec's N x N attention makes it several times slower and hungrier. Measured here at batch 2 on one
+    # thread: about 6x and 11%. The margins leave room for a loaded machine, not for a model without the gain.
+    assert ratios["1024"]["inference_speedup_over_sasrec"] > 2
+    assert ratios["1024"]["memory_elastic_over_sasrec"] < 0.5
     markdown = (out / "results.md").read_text()
     assert "| N | ELASTIC | SASRec | LinRec |" in markdown
     assert "memory ELASTIC/SASRec" in markdown
@@ -76,4 +97,12 @@ def test_paired_users_reproduces_each_models_test_metrics(tiny_data, capsys):
     assert abs(float(cells[5]) - difference) <= 1.5e-4
     low, high = (float(x) for x in cells[6].strip("[]").split(","))
     assert low <= float(cells[5]) <= high
-    assert 0.0 <= float(cells[7]) <= 1.0
+    # the paired t-test over the 40 users, by hand: t = mean(d) / (sd(d) / sqrt(n)), two-sided, n - 1 dof
+    elastic_ranks, sasrec_ranks = held_out_ranks(elastic["model_file"]), held_out_ranks(sasrec["model_file"])
+    differences = [ndcg_at_10(sasrec_ranks[u]) - ndcg_at_10(elastic_ranks[u]) for u in elastic_ranks]
+    t = statistics.fmean(differences) / (statistics.stdev(differences) / math.sqrt(len(differences)))
+    assert float(cells[7]) == pytest.approx(2 * stats.t.sf(abs(t), len(differences) - 1), abs=5e-4)
+
+
+def ndcg_at_10(rank: int) -> float:
+    return 1 / math.log2(rank + 2) if rank < 10 else 0.0

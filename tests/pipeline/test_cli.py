@@ -8,7 +8,7 @@ import sys
 from recbole_elastic.cli import main
 from recbole_elastic.quick_start import run
 
-from tests.helpers import REPO_ROOT, cli_args, tiny_run_config
+from tests.helpers import REPO_ROOT, cli_args, run_cli_expecting_error, tiny_run_config
 
 SCRIPT = os.path.join(REPO_ROOT, "run_recbole_elastic.py")
 
@@ -34,15 +34,16 @@ def test_missing_dataset_gets_one_clear_message(tmp_path):
     assert "data_path" in message
 
 
-def test_known_dataset_that_cannot_be_downloaded_is_explained_and_leaves_nothing(tmp_path, monkeypatch):
-    # No network in CI: the download fails, and the half-made folder is removed.
-    process = run_cli("--dataset=amazon-beauty", f"--data_path={tmp_path}", cwd=tmp_path)
-    if process.returncode == 0:  # pragma: no cover - only with network access
-        return
-    assert process.returncode == 2, process.stderr[-2000:]
-    assert "Traceback" not in process.stderr
-    assert "Dataset 'amazon-beauty' not found" in process.stderr
-    assert "downloading it from" in process.stderr
+def test_known_dataset_that_cannot_be_downloaded_is_explained_and_leaves_nothing(
+    tmp_path, capsys, monkeypatch, no_network
+):
+    # The download fails (no network, whatever the machine has): one message, and the half-made folder is removed.
+    monkeypatch.chdir(tmp_path)  # RecBole's log folder
+    err = run_cli_expecting_error(capsys, ["--dataset=amazon-beauty", f"--data_path={tmp_path}"])
+    url = "https://recbole.s3-accelerate.amazonaws.com/ProcessedDatasets/Amazon_ratings/Amazon_Beauty.zip"
+    assert no_network == [url]
+    assert f"Dataset 'amazon-beauty' not found: looked for {tmp_path / 'amazon-beauty' / 'amazon-beauty.inter'}" in err
+    assert f"downloading it from {url} failed (URLError:" in err
     assert not os.path.exists(tmp_path / "amazon-beauty")
 
 

@@ -1,0 +1,143 @@
+"""The models' computations written out directly from their parameters, the slow and obvious way.
+
+Each function reads only ``nn.Linear`` / ``nn.Embedding`` / ``nn.LayerNorm`` parameters of a built model and
+recomputes what the model's own code (``recbole_elastic/model/``) computes, without calling that code: per-head
+attention with an explicit softmax matrix, the interest memory scored over all ``n_keys ** 2`` slots, the readout
+taken from the full per-position output. A model that disagrees with these has a bug (or these have one).
+Everything here assumes eval mode (no dropout, BatchNorm on its running statistics).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+
+
+def layer_norm(x, norm):
+    return F.layer_norm(x, (x.size(-1),), norm.weight, norm.bias, norm.eps)
+
+
+def softmax_attention(attention, queries, context, context_mask=None):
+    """Multi-head softmax attention of ``queries`` ``[B, Q, H]`` over ``context`` ``[B, C, H]``, explicitly:
+    weights = softmax(q_h k_h^T / sqrt(d)) per head over the unmasked context, out = weights v_h, heads
+    concatenated, output projection, residual, LayerNorm."""
+    heads = attention.n_heads
+    batch_size, n_queries, hidden = queries.shape
+    d = hidden // heads
+    out = torch.zeros(batch_size, n_queries, hidden)
+    q_all, k_all, v_all = attention.query(queries), attention.key(context), attention.value(context)
+    for h in range(heads):
+        part = slice(h * d, (h + 1) * d)
+        scores = q_all[..., part] @ k_all[..., part].transpose(1, 2) / math.sqrt(d)  # [B, Q, C]
+        if context_mask is not None:
+            scores = scores.masked_fill(~context_mask[:, None, :], float("-inf"))
+        out[..., part] = torch.softmax(scores, dim=-1) @ v_all[..., part]
+    return layer_norm(queries + attention.dense(out), attention.LayerNorm)
+
+
+def feed_forward(ffn, x, activation):
+    """RecBole's position-wise FFN: LayerNorm(x + W2 act(W1 x))."""
+    return layer_norm(x + ffn.dense_2(ACTIVATIONS[activation](ffn.dense_1(x))), ffn.LayerNorm)
+
+
+def dispatcher_block(block, sequence, interests, mask, activation="gelu"):
+    """One LDA block at every position: interests attend to the unmasked sequence (aggregate), then every
+    position attends to the k updated interests (dispatch). Returns the sequence ``[B, N, H]`` and interests."""
+    interests = softmax_attention(block.aggregate, interests, sequence, mask)
+    interests = feed_forward(block.aggregate_ffn, interests, activation)
+    sequence = softmax_attention(block.dispatch, sequence, interests)
+    sequence = feed_forward(block.dispatch_ffn, sequence, activation)
+    return sequence, interests
+
+
+def memory_query(memory, summary):
+    """The memory's queries ``[B, heads, key_dim]``: two-layer MLP, then BatchNorm on its running statistics."""
+    first, _, second = memory.query_net
+    query = second(F.gelu(first(summary)))
+    norm = memory.query_norm
+    if norm is not None:
+        query = (query - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
+    return query.view(summary.size(0), memory.n_heads, memory.key_dim)
+
+
+def all_slot_scores(memory, query):
+    """Score of every one of the ``n_keys ** 2`` slots ``[B, heads, n_keys ** 2]``: slot ``i * n_keys + j``
+    scores ``q_1 . k1_i + q_2 . k2_j`` (the query's halves against the head's two sub-key tables)."""
+    half = memory.key_dim // 2
+    first = torch.einsum("bhd,hnd->bhn", query[..., :half], memory.sub_keys[:, 0])
+    second = torch.einsum("bhd,hnd->bhn", query[..., half:], memory.sub_keys[:, 1])
+    return (first[..., :, None] + second[..., None, :]).flatten(2)
+
+
+def memory_tokens(memory, query):
+    """Brute-force retrieval: top-k of all slots per head, softmax over those k scores, weighted sum of the
+    value rows. Returns the interest tokens ``[B, heads, H]`` and the slots ``[B, heads, topk]``."""
+    scores, slots = all_slot_scores(memory, query).topk(memory.topk, dim=-1)
+    weights = torch.softmax(scores, dim=-1)
+    tokens = (weights[..., None] * memory.values.weight[slots]).sum(-2)
+    return tokens, slots
+
+
+def embed(model, item_seq):
+    positions = model.position_embedding.weight[: item_seq.size(1)]
+    return layer_norm(model.item_embedding.weight[item_seq] + positions, model.LayerNorm)
+
+
+def elastic_retrieval(model, item_seq):
+    """ELASTIC's input ``[B, N, H]``, its mask ``[B, N]`` (padding False, position 0 always True) and the
+    interest memory's tokens ``[B, k, H]`` and slots ``[B, k, topk]`` for the masked mean of the input."""
+    mask = item_seq != 0
+    mask[:, 0] = True
+    sequence = embed(model, item_seq)
+    weights = mask.unsqueeze(-1).float()
+    summary = (sequence * weights).sum(1) / weights.sum(1)
+    tokens, slots = memory_tokens(model.interest_memory, memory_query(model.interest_memory, summary))
+    return sequence, mask, tokens, slots
+
+
+def elastic_all_positions(model, item_seq):
+    """ELASTIC's last-block output at every position ``[B, N, H]``."""
+    if model.use_interest_memory:
+        sequence, mask, interests, _ = elastic_retrieval(model, item_seq)
+    else:
+        mask = item_seq != 0
+        mask[:, 0] = True
+        sequence = embed(model, item_seq)
+        interests = model.shared_interests.expand(item_seq.size(0), -1, -1)
+    for block in model.dispatcher_blocks:
+        sequence, interests = dispatcher_block(block, sequence, interests, mask, model.hidden_act)
+    return sequence
+
+
+def linrec_all_positions(model, item_seq):
+    """LinRec's last-layer output at every position ``[B, N, H]``, with the N x N matrix Q_hat K_hat^T."""
+    hidden_states = embed(model, item_seq)
+    key_mask = None if model.include_padding else item_seq != 0
+    encoder = model.trm_encoder
+    for attention, ffn in zip(encoder.attention_layers, encoder.feed_forward_layers):
+        heads, hidden = attention.n_heads, hidden_states.size(-1)
+        d = hidden // heads
+        q_all, k_all = attention.query(hidden_states), attention.key(hidden_states)
+        v_all = attention.value(hidden_states)
+        out = torch.zeros_like(hidden_states)
+        for h in range(heads):
+            part = slice(h * d, (h + 1) * d)
+            q_hat = F.elu(q_all[..., part])
+            q_hat = q_hat / q_hat.norm(dim=-1, keepdim=True)
+            k_hat = F.elu(k_all[..., part])
+            k_hat = k_hat / k_hat.norm(dim=-1, keepdim=True)
+            scores = q_hat @ k_hat.transpose(1, 2)  # [B, N, N]
+            if key_mask is not None:
+                scores = scores * key_mask[:, None, :]
+            out[..., part] = scores @ v_all[..., part] / math.sqrt(d)
+        hidden_states = layer_norm(hidden_states + attention.dense(out), attention.LayerNorm)
+        hidden_states = feed_forward(ffn, hidden_states, model.hidden_act)
+    return hidden_states
+
+
+def sequence_output(model, item_seq, item_seq_len):
+    """The model's output ``[B, H]``: its all-positions output read at position ``item_seq_len - 1``."""
+    all_positions = elastic_all_positions if hasattr(model, "dispatcher_blocks") else linrec_all_positions
+    return all_positions(model, item_seq)[torch.arange(item_seq.size(0)), item_seq_len - 1]
