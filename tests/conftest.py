@@ -1,10 +1,12 @@
 """Fixtures shared by every test; plain helper functions live in ``tests/helpers.py``."""
 
+import os
 import urllib.error
 import urllib.request
 from typing import List
 
 import pytest
+import torch
 
 from recbole_elastic import compat
 
@@ -12,6 +14,12 @@ from tests.helpers import write_tiny_dataset
 
 # Tests drive RecBole directly too (Interaction, Trainer), as the plugin's entry points do after compat.apply().
 compat.apply()
+
+# One torch thread in the test process and in the processes it starts (unless OMP_NUM_THREADS says otherwise): the
+# tests' tensors are tiny, and on a busy 2-core machine a second OpenMP thread spin-waits for the other core (the
+# model tests took 165 s instead of 6 s).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture
