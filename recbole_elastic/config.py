@@ -10,7 +10,8 @@ Other differences from RecBole's ``Config``:
 * it does not read ``sys.argv`` (RecBole's does, pytest's arguments included): the CLI parses the command line
   and passes it as ``config_dict``;
 * ``train_neg_sample_args`` follows ``loss_type`` unless the user set it: no negative sampling for CE (RecBole
-  raises otherwise, even for SASRec), one uniform negative for BPR;
+  raises otherwise, even for SASRec) and for the plugin's ``SampledSoftmax`` (the model draws its own negatives),
+  one uniform negative for BPR;
 * distributed runs on CPU join their process group with gloo (RecBole hard-codes NCCL and CUDA);
 * constructing one applies the plugin's compatibility shims (``compat.apply``) first.
 
@@ -28,10 +29,11 @@ from typing import Any, Dict, Iterable, List, Optional
 import yaml
 
 from recbole.config import Config
-from recbole.utils import ModelType
+from recbole.utils import InputType, ModelType
 
 from recbole_elastic import compat
 from recbole_elastic.errors import ConfigError
+from recbole_elastic.model.sampled_softmax import SAMPLED_SOFTMAX
 from recbole_elastic.process_group import distributed_on_cuda, init_cpu_process_group
 from recbole_elastic.utils import RECBOLE_DIR, get_model
 
@@ -84,9 +86,16 @@ def update_internal_config_dict(config: Config, file: str) -> Optional[Dict]:
         elif not os.path.isfile(os.path.join(RECBOLE_DIR, "properties", "dataset", f"{config.dataset}.yaml")):
             config.internal_config_dict["load_col"] = None  # RecBole's spelling of "every column"
     elif model_file and "train_neg_sample_args" not in config.external_config_dict:
-        loss_type = config.external_config_dict.get("loss_type", config.internal_config_dict.get("loss_type"))
-        config.internal_config_dict["train_neg_sample_args"] = negatives_for(loss_type)
+        config.internal_config_dict["train_neg_sample_args"] = negatives_for(_loss_type(config))
+    if model_file and _loss_type(config) == SAMPLED_SOFTMAX:
+        # RecBole derives MODEL_INPUT_TYPE from CE or BPR only; the sampled softmax reads samples as CE does.
+        config.internal_config_dict["MODEL_INPUT_TYPE"] = InputType.POINTWISE
     return loaded
+
+
+def _loss_type(config: Config) -> Optional[str]:
+    """The ``loss_type`` a config being loaded will have: the user's, else the YAML defaults' so far."""
+    return config.external_config_dict.get("loss_type", config.internal_config_dict.get("loss_type"))
 
 
 class ElasticConfig(Config):
@@ -124,7 +133,8 @@ class ElasticConfig(Config):
 
 def negatives_for(loss_type: Optional[str]) -> Optional[Dict]:
     """Default ``train_neg_sample_args`` for a sequential model's ``loss_type``: none for CE (it scores every
-    item; RecBole raises otherwise), one uniform negative per positive for BPR."""
+    item; RecBole raises otherwise) and SampledSoftmax (it draws its own), one uniform negative per positive for
+    BPR."""
     return dict(BPR_DEFAULT_NEGATIVES) if loss_type == "BPR" else None
 
 
@@ -135,13 +145,15 @@ def align_negative_sampling(final: Dict, external: Dict) -> None:
     loss_type = final.get("loss_type")
     user_set = "train_neg_sample_args" in external
     negatives = final.get("train_neg_sample_args")
-    if loss_type == "CE":
+    if loss_type in ("CE", SAMPLED_SOFTMAX):
         if not user_set:
             final["train_neg_sample_args"] = negatives_for(loss_type)
         elif negatives not in (None, "None") and negatives.get("distribution") not in (None, "none", "None"):
+            why = "scores every item" if loss_type == "CE" else "draws its own negatives (sampled_negatives)"
             raise ConfigError(
-                "loss_type=CE scores every item, so it takes no negative samples, but train_neg_sample_args is "
-                f"{negatives}. Remove train_neg_sample_args (or set it to ~), or use loss_type=BPR."
+                f"loss_type={loss_type} {why}, so it takes no negative samples from RecBole, but "
+                f"train_neg_sample_args is {negatives}. Remove train_neg_sample_args (or set it to ~), or use "
+                "loss_type=BPR."
             )
     elif loss_type == "BPR":
         if not user_set and negatives is None:

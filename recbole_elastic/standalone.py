@@ -29,10 +29,12 @@ class StandInConfig(dict):
 
 
 class StandInDataset:
-    """What a sequential model reads from its dataset: the number of item ids (padding 0 included)."""
+    """What a sequential model reads from its dataset: the number of item ids (padding 0 included), and the
+    training targets (``inter_feat``; the sampled softmax's item frequencies): every item once."""
 
     def __init__(self, n_items: int) -> None:
         self.n_items = n_items
+        self.inter_feat = {SEQUENTIAL_FIELDS["ITEM_ID_FIELD"]: torch.arange(1, n_items)}
 
     def num(self, field: str) -> int:
         return self.n_items

@@ -1,10 +1,14 @@
 """What the plugin's sequential models share with SASRec: input embedding, initialisation, scoring and losses."""
 
+from typing import Optional
+
 import torch
 from torch import nn
 
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
+
+from recbole_elastic.model.sampled_softmax import SAMPLED_SOFTMAX, SampledSoftmax
 
 
 class DotProductSequentialRecommender(SequentialRecommender):
@@ -12,8 +16,10 @@ class DotProductSequentialRecommender(SequentialRecommender):
 
     It reads ``hidden_size``, ``hidden_dropout_prob``, ``layer_norm_eps``, ``initializer_range`` and ``loss_type``
     (validated by the subclass before calling this ``__init__``), builds the item embedding (padding 0), the learned
-    position embedding, input LayerNorm and dropout, and provides ``calculate_loss`` (CE over all items or BPR with
-    RecBole's negative samples), ``predict`` and ``full_sort_predict``. Subclasses implement ``forward``.
+    position embedding, input LayerNorm and dropout, and provides ``calculate_loss`` (CE over all items, BPR with
+    RecBole's negative samples, or the sampled softmax of :mod:`recbole_elastic.model.sampled_softmax`, which also
+    reads ``sampled_negatives``, ``in_batch_negatives`` and ``logq_correction``), ``predict`` and
+    ``full_sort_predict``. Subclasses implement ``forward``.
     """
 
     def __init__(self, config, dataset):
@@ -29,6 +35,14 @@ class DotProductSequentialRecommender(SequentialRecommender):
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
         self.dropout = nn.Dropout(self.hidden_dropout_prob)
         self.loss_fct = BPRLoss() if self.loss_type == "BPR" else nn.CrossEntropyLoss()
+        if self.loss_type == SAMPLED_SOFTMAX:
+            self.sampled_softmax = SampledSoftmax(
+                self.n_items,
+                dataset.inter_feat[self.ITEM_ID],  # the training targets: the in-batch negatives' distribution
+                n_uniform=config["sampled_negatives"],
+                in_batch=config["in_batch_negatives"],
+                logq_correction=config["logq_correction"],
+            )
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialize the weights as SASRec."""
@@ -53,13 +67,20 @@ class DotProductSequentialRecommender(SequentialRecommender):
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         seq_output = self.forward(item_seq, item_seq_len)
-        pos_items = interaction[self.POS_ITEM_ID]
+        neg_items = interaction[self.NEG_ITEM_ID] if self.loss_type == "BPR" else None
+        return self.output_loss(seq_output, interaction[self.POS_ITEM_ID], neg_items)
+
+    def output_loss(
+        self, seq_output: torch.Tensor, pos_items: torch.Tensor, neg_items: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """The loss of outputs ``[M, H]`` for targets ``pos_items`` ``[M]`` (and, for BPR, ``neg_items`` ``[M]``)."""
         if self.loss_type == "BPR":
-            neg_items = interaction[self.NEG_ITEM_ID]
-            pos_score = torch.sum(seq_output * self.item_embedding(pos_items), dim=-1)  # [B]
-            neg_score = torch.sum(seq_output * self.item_embedding(neg_items), dim=-1)  # [B]
+            pos_score = torch.sum(seq_output * self.item_embedding(pos_items), dim=-1)  # [M]
+            neg_score = torch.sum(seq_output * self.item_embedding(neg_items), dim=-1)  # [M]
             return self.loss_fct(pos_score, neg_score)
-        logits = torch.matmul(seq_output, self.item_embedding.weight.transpose(0, 1))
+        if self.loss_type == SAMPLED_SOFTMAX:
+            return self.sampled_softmax(seq_output, pos_items, self.item_embedding.weight)
+        logits = torch.matmul(seq_output, self.item_embedding.weight.transpose(0, 1))  # [M n_items]
         return self.loss_fct(logits, pos_items)
 
     def predict(self, interaction) -> torch.Tensor:

@@ -22,9 +22,9 @@ class AllPositionsMixin:
     """``calculate_loss`` over every position, for a model that defines ``forward_all_positions``.
 
     On a batch of windows (it holds the target sequence) the loss is the mean over all real positions of the batch
-    of CE over all items, or of BPR against the position's sampled negative: the mean of the losses of the prefixes
-    the window holds, each computed once. On RecBole's prefix samples (no target sequence) it is the model's own
-    loss at the last position.
+    of the model's ``output_loss`` (CE over all items, BPR against the position's sampled negative, or the sampled
+    softmax): the mean of the losses of the prefixes the window holds, each computed once. On RecBole's prefix
+    samples (no target sequence) it is the model's own loss at the last position.
     """
 
     def __init__(self, config, dataset) -> None:
@@ -45,10 +45,5 @@ class AllPositionsMixin:
         real = positions.unsqueeze(0) < item_seq_len.unsqueeze(1)  # [B N]; padding has no target
         seq_output = seq_output[real]  # [M H], M real positions in the batch
         pos_items = interaction[self.TARGET_SEQ][real]  # [M]
-        if self.loss_type == "BPR":
-            neg_items = interaction[self.NEG_TARGET_SEQ][real]
-            pos_score = torch.sum(seq_output * self.item_embedding(pos_items), dim=-1)  # [M]
-            neg_score = torch.sum(seq_output * self.item_embedding(neg_items), dim=-1)  # [M]
-            return self.loss_fct(pos_score, neg_score)
-        logits = torch.matmul(seq_output, self.item_embedding.weight.transpose(0, 1))  # [M n_items]
-        return self.loss_fct(logits, pos_items)
+        neg_items = interaction[self.NEG_TARGET_SEQ][real] if self.loss_type == "BPR" else None
+        return self.output_loss(seq_output, pos_items, neg_items)

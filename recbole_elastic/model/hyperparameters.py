@@ -8,10 +8,11 @@ allowed range.
 from typing import Iterable
 
 from recbole_elastic.errors import ConfigError
+from recbole_elastic.model.sampled_softmax import SAMPLED_SOFTMAX
 
 # The activations RecBole's ``FeedForward`` accepts.
 HIDDEN_ACTIVATIONS = ("gelu", "relu", "swish", "tanh", "sigmoid")
-LOSS_TYPES = ("CE", "BPR")
+LOSS_TYPES = ("CE", "BPR", SAMPLED_SOFTMAX)
 
 
 class HyperparameterChecker:
@@ -53,4 +54,15 @@ class HyperparameterChecker:
             self.require(key, self.is_probability(key), "a number in [0, 1)")
         activations = list(HIDDEN_ACTIVATIONS)
         self.require("hidden_act", self.config["hidden_act"] in activations, f"one of {activations}")
+        self.require_loss()
+
+    def require_loss(self) -> None:
+        """``loss_type``, and for the sampled softmax its negatives (at least one source) and correction."""
         self.require("loss_type", self.config["loss_type"] in LOSS_TYPES, f"one of {list(LOSS_TYPES)}")
+        if self.config["loss_type"] != SAMPLED_SOFTMAX:
+            return
+        self.require_bool("in_batch_negatives")
+        self.require_bool("logq_correction")
+        minimum = 0 if self.config["in_batch_negatives"] else 1
+        allowed = "an integer >= 0" if minimum == 0 else "an integer >= 1 when in_batch_negatives is False"
+        self.require("sampled_negatives", self.is_int("sampled_negatives", minimum), allowed)

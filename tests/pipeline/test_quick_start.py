@@ -11,11 +11,11 @@ from tests.helpers import assert_metrics_match_the_checkpoint, run_python_report
 
 
 @pytest.mark.parametrize("model", sorted(plugin_models()))
-@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
+@pytest.mark.parametrize("loss_type", ["CE", "BPR", "SampledSoftmax"])
 def test_one_epoch_train_and_evaluate(tiny_data, model, loss_type):
     config_dict = tiny_run_config(tiny_data, loss_type=loss_type)
     negatives = build_config(model, "tiny", config_dict=config_dict)["train_neg_sample_args"]["distribution"]
-    assert negatives == ("none" if loss_type == "CE" else "uniform")  # CE scores every item: no sampling
+    assert negatives == ("uniform" if loss_type == "BPR" else "none")  # CE scores every item, SampledSoftmax draws
     result = run(model, "tiny", config_dict=config_dict)
     assert result["model"] == model
     assert result["epochs"] == 1 and len(result["epoch_seconds"]) == 1

@@ -78,6 +78,7 @@ variants = {
     "CE": {},
     "BPR": {"loss_type": "BPR"},
     "BPR explicit negatives": {"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform"}},
+    "SampledSoftmax": {"loss_type": "SampledSoftmax", "sampled_negatives": 16},
     "TO LS uni100": {"eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "uni100"}},
     "pop100": {"eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "pop100"}},
     "short sequences": {"MAX_ITEM_LIST_LENGTH": 2},
@@ -88,7 +89,10 @@ for model in ("ELASTIC", "LinRec"):
         config_dict = {**base, "model": model, "dataset": "tiny", **variant}
         negatives = Config(config_dict=config_dict)["train_neg_sample_args"]
         result = objective_function(config_dict=config_dict, saved=False)
-        report[f"{model} {name}"] = {"negatives": negatives["distribution"], "metrics": sorted(result["test_result"])}
+        input_type = Config(config_dict=config_dict)["MODEL_INPUT_TYPE"].name
+        report[f"{model} {name}"] = {
+            "negatives": negatives["distribution"], "input": input_type, "metrics": sorted(result["test_result"])
+        }
 print("REPORT " + json.dumps(report))
 """
 
@@ -97,12 +101,13 @@ def test_recbole_model_test_pattern_runs_the_plugin_models_after_register(tiny_d
     config = tiny_run_config(tiny_data)
     config.pop("checkpoint_dir")
     report = run_python_reporting(RECBOLE_PATTERN_SCRIPT, json.dumps(config))
-    assert len(report) == 12
+    assert len(report) == 14
     metrics = ["hit@10", "mrr@10", "ndcg@10", "precision@10", "recall@10"]
     for name, outcome in report.items():
         assert outcome["metrics"] == metrics, name
         # RecBole's BPR tests set no negatives: BPR gets one uniform negative, CE none, as on the plugin's CLI
         assert outcome["negatives"] == ("uniform" if "BPR" in name else "none"), name
+        assert outcome["input"] == ("PAIRWISE" if "BPR" in name else "POINTWISE"), name
 
 
 BUILTIN_SCRIPT = r"""

@@ -1,0 +1,129 @@
+"""The sampled softmax (``loss_type: SampledSoftmax``) against direct computations."""
+
+import math
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_elastic.errors import ConfigError
+from recbole_elastic.model import ELASTIC, CausalSASRec, LinRec
+from recbole_elastic.model.sampled_softmax import (
+    SampledSoftmax,
+    negative_log_expected_counts,
+    sampled_softmax_loss,
+)
+
+from tests.helpers import build_model, padded_batch
+
+
+def test_every_item_as_negative_without_correction_is_full_cross_entropy():
+    torch.manual_seed(0)
+    query, weight = torch.randn(7, 5), torch.randn(12, 5)
+    positives = torch.tensor([3, 0, 11, 3, 5, 7, 1])
+    loss = sampled_softmax_loss(query, positives, torch.arange(12), weight)
+    assert torch.allclose(loss, F.cross_entropy(query @ weight.T, positives), atol=1e-6)
+
+
+def direct_loss(query, positives, negatives, weight, correction=None):
+    """Mean over targets of -log softmax, one target at a time, skipping negatives equal to the positive."""
+    correction = correction or (lambda item: 0.0)
+    losses = []
+    for row, positive in enumerate(positives.tolist()):
+        positive_logit = float(query[row] @ weight[positive]) + correction(positive)
+        logits = [positive_logit] + [
+            float(query[row] @ weight[item]) + correction(item) for item in negatives.tolist() if item != positive
+        ]
+        losses.append(math.log(sum(math.exp(logit) for logit in logits)) - positive_logit)
+    return sum(losses) / len(losses)
+
+
+def test_accidental_hits_are_masked_and_the_correction_is_added_to_every_candidate():
+    torch.manual_seed(1)
+    query, weight = torch.randn(4, 3), torch.randn(9, 3)
+    positives = torch.tensor([2, 5, 2, 8])
+    negatives = torch.tensor([5, 1, 2, 2, 7])  # hits for rows 0, 1 and 2
+    offset = torch.tensor([0.0, 0.3, -1.2, 0.7, 0.1, 2.0, -0.4, 0.9, -2.5])  # any per-item correction
+    loss = sampled_softmax_loss(query, positives, negatives, weight, offset[positives], offset[negatives])
+    expected = direct_loss(query, positives, negatives, weight, lambda item: float(offset[item]))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_log_q_correction_is_the_log_expected_count_of_each_item():
+    training_items = torch.tensor([1, 1, 1, 2, 3, 3, 4, 1])  # item 1: half the targets; items 5, 6: none
+    sampled = SampledSoftmax(7, training_items, n_uniform=12, in_batch=True, logq_correction=True)
+    counts = Counter(training_items.tolist())
+    items = torch.tensor([1, 2, 5, 3])
+    correction = negative_log_expected_counts(items, sampled.item_share, n_targets=10, n_uniform=12, in_batch=True)
+    for item, value in zip(items.tolist(), correction.tolist()):
+        # 12 uniform draws over the 6 real items, 10 in-batch draws in proportion to the training targets
+        assert value == pytest.approx(-math.log(12 / 6 + 10 * counts[item] / 8), rel=1e-6)
+    uniform_only = negative_log_expected_counts(items, sampled.item_share, 10, 12, in_batch=False)
+    assert torch.allclose(uniform_only, torch.full((4,), -math.log(2.0)))
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+@pytest.mark.parametrize("logq_correction", [True, False])
+def test_module_loss_draws_negatives_and_corrects_them(in_batch, logq_correction):
+    torch.manual_seed(2)
+    n_items = 20
+    training_items = torch.randint(1, n_items, (200,))
+    sampled = SampledSoftmax(n_items, training_items, n_uniform=6, in_batch=in_batch, logq_correction=logq_correction)
+    query, weight = torch.randn(5, 4), torch.randn(n_items, 4)
+    positives = torch.tensor([4, 4, 9, 17, 1])
+
+    torch.manual_seed(3)
+    loss = sampled(query, positives, weight)
+    torch.manual_seed(3)
+    negatives = sampled.draw_negatives(positives)
+
+    assert len(negatives) == 6 + (5 if in_batch else 0)
+    assert negatives.min() >= 1  # padding is never a negative
+    if in_batch:
+        assert negatives[6:].tolist() == positives.tolist()
+    counts = Counter(training_items.tolist())
+
+    def log_q(item):
+        expected = 6 / (n_items - 1) + (5 * counts[item] / 200 if in_batch else 0)
+        return -math.log(expected) if logq_correction else 0.0
+
+    assert loss.item() == pytest.approx(direct_loss(query, positives, negatives, weight, log_q), rel=1e-5)
+
+
+def test_uniform_negatives_cover_the_catalogue_without_padding():
+    sampled = SampledSoftmax(6, torch.arange(1, 6), n_uniform=3000, in_batch=False, logq_correction=False)
+    torch.manual_seed(0)
+    counts = Counter(sampled.draw_negatives(torch.tensor([1])).tolist())
+    assert set(counts) == {1, 2, 3, 4, 5}
+    assert all(abs(count - 600) < 100 for count in counts.values())  # uniform: 600 each, sd about 22
+
+
+@pytest.mark.parametrize("model_class", [ELASTIC, LinRec, CausalSASRec])
+def test_model_loss_is_the_sampled_softmax_of_its_output(model_class):
+    torch.manual_seed(0)
+    model = build_model(model_class, n_items=40, loss_type="SampledSoftmax", sampled_negatives=8).eval()
+    batch = padded_batch([[3, 4, 5], [7], [9, 2, 2, 6]], width=20)
+    batch.update(type(batch)({"item_id": torch.tensor([6, 8, 1])}))
+    torch.manual_seed(5)
+    loss = model.calculate_loss(batch)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        output = model.forward(batch["item_id_list"], batch["item_length"])
+    negatives = model.sampled_softmax.draw_negatives(batch["item_id"])
+    share = 1 / 39  # the stand-in dataset's targets: every item once
+
+    def log_q(item):
+        return -math.log(8 / 39 + 3 * share)
+
+    expected = direct_loss(output, batch["item_id"], negatives, model.item_embedding.weight.detach(), log_q)
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+    assert "sampled_softmax.item_share" not in model.state_dict()  # checkpoints unchanged
+
+
+def test_sampled_negatives_must_have_a_source():
+    with pytest.raises(ConfigError, match="sampled_negatives"):
+        build_model(ELASTIC, loss_type="SampledSoftmax", sampled_negatives=0, in_batch_negatives=False)
+    with pytest.raises(ConfigError, match="logq_correction"):
+        build_model(ELASTIC, loss_type="SampledSoftmax", logq_correction="yes")
+    build_model(ELASTIC, loss_type="SampledSoftmax", sampled_negatives=0)  # in-batch negatives alone
