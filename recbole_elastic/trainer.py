@@ -44,6 +44,7 @@ from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_elastic.atomic import atomic_path
 from recbole_elastic.compat import load_checkpoint
+from recbole_elastic.memory_guard import check_output_memory
 from recbole_elastic.optim import build_optimizer, prepare_sparse_gradients_for_ddp
 from recbole_elastic.optim import sync_grad_loss as sparse_aware_sync_grad_loss
 from recbole_elastic.process_group import broadcast_object, gather_object, parameter_digest
@@ -67,6 +68,17 @@ class SparseOptimizerMixin:
 
     def sync_grad_loss(self):
         return sparse_aware_sync_grad_loss(self.model)
+
+
+class OutputMemoryGuardMixin:
+    """Before training starts, stop with a clear message when the output layer's logits cannot fit in memory
+    (:func:`recbole_elastic.memory_guard.check_output_memory`)."""
+
+    def fit(self, *args, **kwargs):
+        n_items = getattr(self.model, "n_items", None)
+        if n_items is not None:
+            check_output_memory(self.config, n_items)
+        return super().fit(*args, **kwargs)
 
 
 class RecordingMixin:
@@ -197,9 +209,9 @@ class DistributedMixin:
         }
 
 
-class SparseAwareTrainer(SparseOptimizerMixin, Trainer):
-    """RecBole's ``Trainer`` for models with row-sparse gradient tables (RecBole's ``ELASTICTrainer`` after
-    ``register()``)."""
+class SparseAwareTrainer(OutputMemoryGuardMixin, SparseOptimizerMixin, Trainer):
+    """RecBole's ``Trainer`` for models with row-sparse gradient tables, with the output-memory check (RecBole's
+    ``<Model>Trainer`` for the plugin's models after ``register()``)."""
 
 
 class ElasticTrainer(RecordingMixin, SparseAwareTrainer):
@@ -220,7 +232,7 @@ def get_trainer(config) -> Type:
 def _trainer_class(base: Type, distributed: bool) -> Type:
     if base in (Trainer, SparseAwareTrainer):
         return DistributedElasticTrainer if distributed else ElasticTrainer
-    mixins = (RecordingMixin, SparseOptimizerMixin)
+    mixins = (RecordingMixin, OutputMemoryGuardMixin, SparseOptimizerMixin)
     mixins = (DistributedMixin, *mixins) if distributed else mixins
     prefix = "DistributedRecording" if distributed else "Recording"
     return type(f"{prefix}{base.__name__}", (*mixins, base), {})

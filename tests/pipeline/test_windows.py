@@ -13,11 +13,13 @@ from recbole.data.dataset import SequentialDataset
 from recbole_elastic.config import build_config
 from recbole_elastic.data import prepare_data
 from recbole_elastic.errors import ConfigError
+from recbole_elastic.loading import dataset_cache_file
 from recbole_elastic.quick_start import run
 from recbole_elastic.windows import (
     AllPositionsTrainDataLoader,
     LazySequenceInteraction,
     LazySequentialDataset,
+    create_dataset,
     window_end_samples,
 )
 
@@ -49,6 +51,9 @@ def assert_same_datasets(config):
     (dense, dense_splits), (lazy, lazy_splits) = build_both(config)
     for attribute in ("field2type", "field2source", "field2seqlen"):
         assert getattr(lazy, attribute) == getattr(dense, attribute), attribute
+    assert lazy.field2id_token.keys() == dense.field2id_token.keys()
+    for field, tokens in dense.field2id_token.items():  # the same ids for the same tokens
+        assert np.array_equal(lazy.field2id_token[field], tokens), field
     assert_same_samples(lazy.inter_feat, dense.inter_feat)
     for lazy_split, dense_split in zip(lazy_splits, dense_splits):
         assert_same_samples(lazy_split.inter_feat, dense_split.inter_feat)
@@ -205,3 +210,52 @@ def test_bad_window_settings_name_the_key(tiny_data, model, settings, fragment):
         prepare_data(config)
     assert fragment in str(error.value)
     assert not os.path.isdir(os.path.join(tiny_data, "saved"))
+
+
+@pytest.mark.parametrize(
+    "filtering",
+    [
+        # iterative k-core: items fall below 25 once users below 20 are gone, and so on
+        {"user_inter_num_interval": "[20,inf)", "item_inter_num_interval": "[25,inf)"},
+        # upper bounds, and a rating filter first
+        {
+            "user_inter_num_interval": "[5,300]",
+            "item_inter_num_interval": "(3,200)",
+            "val_interval": {"rating": "[3,inf)"},
+        },
+    ],
+)
+def test_fast_loading_and_k_core_give_recbole_dataset(tmp_path, monkeypatch, filtering):
+    monkeypatch.chdir(tmp_path)
+    config_dict = {"MAX_ITEM_LIST_LENGTH": 20, "gpu_id": "", **filtering}
+    config = build_config("ELASTIC", "ml-100k", config_dict=config_dict)
+    lazy = assert_same_datasets(config)
+    assert 20_000 < len(lazy.inter_feat.interactions) < 95_000  # the filters removed something, not everything
+
+
+def test_save_dataset_caches_the_processed_dataset_keyed_by_its_settings(tiny_data):
+    def dataset_for(**settings):
+        config = build_config("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, save_dataset=True, **settings))
+        return config, create_dataset(config)
+
+    config, first = dataset_for()
+    cache_file = dataset_cache_file(config, "LazySequentialDataset")
+    written = os.stat(cache_file).st_mtime_ns
+    _, cached = dataset_for()
+    assert os.stat(cache_file).st_mtime_ns == written  # loaded, not rebuilt
+    assert cached.inter_feat.equals(first.inter_feat) and cached.field2id_token.keys() == first.field2id_token.keys()
+    # the run's own split settings apply to a cached dataset (they are not part of the processed data)
+    split = {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "group_by": "user", "mode": "full"}
+    config, cached = dataset_for(eval_args=split)
+    assert cached.config["eval_args"]["split"] == {"RS": [0.8, 0.1, 0.1]}
+
+    config, filtered = dataset_for(user_inter_num_interval="[10,inf)")  # a filtering change: another file
+    assert dataset_cache_file(config, "LazySequentialDataset") != cache_file
+    assert os.path.isfile(dataset_cache_file(config, "LazySequentialDataset"))
+    assert filtered.inter_num < first.inter_num
+
+    inter_file = os.path.join(tiny_data, "tiny", "tiny.inter")  # a changed data file: another file
+    with open(inter_file, "a", encoding="utf-8") as f:
+        f.write("999\t1\t5000000\n")
+    config, _ = dataset_for()
+    assert dataset_cache_file(config, "LazySequentialDataset") != cache_file
