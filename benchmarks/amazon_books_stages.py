@@ -39,12 +39,12 @@ from typing import Any, Callable, Dict, List
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-ALL_POSITIONS = {"train_all_positions": True}
+ALL_POSITIONS, PREFIXES = {"train_all_positions": True}, {"train_all_positions": False}
 TRAINING = [  # model, loss_type, extra settings
     ("ELASTIC", "CE", {}),
     ("ELASTIC", "SampledSoftmax", {}),
-    ("CausalSASRec", "CE", {}),
-    ("CausalSASRec", "SampledSoftmax", {}),
+    ("CausalSASRec", "CE", PREFIXES),
+    ("CausalSASRec", "SampledSoftmax", PREFIXES),
     ("CausalELASTIC", "SampledSoftmax", ALL_POSITIONS),
     ("CausalSASRec", "SampledSoftmax", ALL_POSITIONS),
 ]
