@@ -127,3 +127,24 @@ def test_sampled_negatives_must_have_a_source():
     with pytest.raises(ConfigError, match="logq_correction"):
         build_model(ELASTIC, loss_type="SampledSoftmax", logq_correction="yes")
     build_model(ELASTIC, loss_type="SampledSoftmax", sampled_negatives=0)  # in-batch negatives alone
+
+
+def test_all_position_loss_scores_every_position_against_the_batch_targets():
+    """With in-batch negatives only, the negatives of every position are the targets of all real positions."""
+    from tests.model.test_all_positions import WIDTH, window_batch
+
+    torch.manual_seed(0)
+    model = build_model(CausalSASRec, max_len=WIDTH, loss_type="SampledSoftmax", sampled_negatives=0).eval()
+    batch = window_batch()
+    with torch.no_grad():
+        loss = model.calculate_loss(batch)
+        outputs = model.forward_all_positions(batch["item_id_list"], batch["item_length"])  # [B N H]
+    real = torch.arange(WIDTH).unsqueeze(0) < batch["item_length"].unsqueeze(1)
+    targets = batch["target_item_id_list"][real]
+    assert len(targets) == int(batch["item_length"].sum())  # every real position, no padding
+
+    def log_q(item):
+        return -math.log(len(targets) / 29)  # the stand-in's training targets: each of the 29 items once
+
+    expected = direct_loss(outputs[real], targets, targets, model.item_embedding.weight, log_q)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)

@@ -1,7 +1,6 @@
 """The output-memory guard: the estimate, the message, and that the run stops before training."""
 
 import pytest
-import torch
 
 from recbole_elastic.config import build_config
 from recbole_elastic.errors import ConfigError
