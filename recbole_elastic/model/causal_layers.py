@@ -201,17 +201,22 @@ class CausalDispatcherBlock(nn.Module):
         if readout_index is not None:
             interests = interests.gather(1, readout_index.view(-1, 1, 1, 1).expand(-1, 1, n_interests, hidden))
             interests = interests.squeeze(1)  # [B k H]
-        interests = self.aggregate_ffn(
-            self.aggregate(self.interest_queries, interests, sequence, sequence_mask, readout_index)
-        )
-        if readout_index is not None:
+            interests = self.aggregate_ffn(
+                self.aggregate(self.interest_queries, interests, sequence, sequence_mask, readout_index)
+            )
             sequence = sequence.gather(1, readout_index.view(-1, 1, 1).expand(-1, 1, hidden))  # [B 1 H]
             return self.dispatch_ffn(self.dispatch(sequence, interests)), interests
-        # Each position attends to its own k interests: a batch of B * N one-query attentions.
-        dispatched = self.dispatch(
-            sequence.reshape(batch * length, 1, hidden), interests.reshape(batch * length, n_interests, hidden)
-        )
-        return self.dispatch_ffn(dispatched.view(batch, length, hidden)), interests
+        interests = self.aggregate(self.interest_queries, interests, sequence, sequence_mask)  # [B N k H]
+        # The position-wise work (interest FFN, dispatch, FFN) runs on the M real positions only: windows of short
+        # histories are mostly padding, and no real position reads a padded one (zeros here).
+        real_interests = self.aggregate_ffn(interests[sequence_mask])  # [M k H]
+        # Each position attends to its own k interests: a batch of M one-query attentions.
+        dispatched = self.dispatch(sequence[sequence_mask].unsqueeze(1), real_interests)  # [M 1 H]
+        output = sequence.new_zeros(batch, length, hidden)
+        output[sequence_mask] = self.dispatch_ffn(dispatched.squeeze(1))
+        interests = interests.new_zeros(interests.shape)
+        interests[sequence_mask] = real_interests
+        return output, interests
 
     def empty_running_state(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The aggregate's running softmax before any position: max -inf, sums 0 (see :meth:`step`)."""
