@@ -271,7 +271,7 @@ def test_no_sequence_by_sequence_tensor(model_class):
         ("n_heads", 0, "an integer >= 1"),
         ("inner_size", 2.0, "an integer >= 1"),
         ("hidden_size", 30, "divisible by n_heads=4"),
-        ("loss_type", "MSE", "one of ['CE', 'BPR']"),
+        ("loss_type", "MSE", "one of ['CE', 'BPR', 'SampledSoftmax']"),
         ("hidden_dropout_prob", 1.0, "a number in [0, 1)"),
         ("hidden_dropout_prob", -0.01, "a number in [0, 1)"),
         ("hidden_dropout_prob", False, "a number in [0, 1)"),
