@@ -3,8 +3,9 @@
 Each function reads only ``nn.Linear`` / ``nn.Embedding`` / ``nn.LayerNorm`` parameters of a built model and
 recomputes what the model's own code (``recbole_elastic/model/``) computes, without calling that code: per-head
 attention with an explicit softmax matrix, the interest memory scored over all ``n_keys ** 2`` slots, the readout
-taken from the full per-position output. A model that disagrees with these has a bug (or these have one).
-Everything here assumes eval mode (no dropout, BatchNorm on its running statistics).
+taken from the full per-position output, CausalELASTIC's running softmax as one ordinary softmax per prefix. A
+model that disagrees with these has a bug (or these have one). Everything here assumes eval mode (no dropout,
+BatchNorm on its running statistics), except where attention dropout's keep factors are passed in.
 """
 
 import math
@@ -19,10 +20,10 @@ def layer_norm(x, norm):
     return F.layer_norm(x, (x.size(-1),), norm.weight, norm.bias, norm.eps)
 
 
-def softmax_attention(attention, queries, context, context_mask=None):
-    """Multi-head softmax attention of ``queries`` ``[B, Q, H]`` over ``context`` ``[B, C, H]``, explicitly:
-    weights = softmax(q_h k_h^T / sqrt(d)) per head over the unmasked context, out = weights v_h, heads
-    concatenated, output projection, residual, LayerNorm."""
+def attention_heads(attention, queries, context, context_mask=None, keep=None):
+    """Per head, softmax(q_h k_h^T / sqrt(d)) over the unmasked context, each weight times ``keep``
+    ``[B, heads, Q, C]`` if given (attention dropout's keep factors), times v_h; the heads concatenated
+    ``[B, Q, H]``, before the output projection."""
     heads = attention.n_heads
     batch_size, n_queries, hidden = queries.shape
     d = hidden // heads
@@ -33,8 +34,19 @@ def softmax_attention(attention, queries, context, context_mask=None):
         scores = q_all[..., part] @ k_all[..., part].transpose(1, 2) / math.sqrt(d)  # [B, Q, C]
         if context_mask is not None:
             scores = scores.masked_fill(~context_mask[:, None, :], float("-inf"))
-        out[..., part] = torch.softmax(scores, dim=-1) @ v_all[..., part]
-    return layer_norm(queries + attention.dense(out), attention.LayerNorm)
+        weights = torch.softmax(scores, dim=-1)
+        if keep is not None:
+            weights = weights * keep[:, h]
+        out[..., part] = weights @ v_all[..., part]
+    return out
+
+
+def softmax_attention(attention, queries, context, context_mask=None):
+    """Multi-head softmax attention of ``queries`` ``[B, Q, H]`` over ``context`` ``[B, C, H]``, explicitly:
+    weights = softmax(q_h k_h^T / sqrt(d)) per head over the unmasked context, out = weights v_h, heads
+    concatenated, output projection, residual, LayerNorm."""
+    attended = attention_heads(attention, queries, context, context_mask)
+    return layer_norm(queries + attention.dense(attended), attention.LayerNorm)
 
 
 def feed_forward(ffn, x, activation):
@@ -141,3 +153,55 @@ def sequence_output(model, item_seq, item_seq_len):
     """The model's output ``[B, H]``: its all-positions output read at position ``item_seq_len - 1``."""
     all_positions = elastic_all_positions if hasattr(model, "dispatcher_blocks") else linrec_all_positions
     return all_positions(model, item_seq)[torch.arange(item_seq.size(0)), item_seq_len - 1]
+
+
+def causal_aggregate(aggregate, queries, interests, sequence, mask, keep=None):
+    """CausalELASTIC's aggregate at every position t, one prefix at a time: the k position-independent queries
+    ``[k, H]`` attend with softmax to ``sequence[:, :t + 1]`` (padding masked; ``keep`` ``[B, heads, k, N]``
+    scales each key's weight), the result goes through the output projection and is added to position t's own
+    interests ``interests[:, t]``, then LayerNorm. ``interests`` ``[B, N, k, H]`` -> ``[B, N, k, H]``."""
+    batch_size, length = mask.shape
+    queries = queries.expand(batch_size, -1, -1)
+    out = torch.zeros_like(interests)
+    for t in range(length):
+        prefix_keep = None if keep is None else keep[..., : t + 1]
+        attended = attention_heads(aggregate, queries, sequence[:, : t + 1], mask[:, : t + 1], prefix_keep)
+        out[:, t] = layer_norm(interests[:, t] + aggregate.dense(attended), aggregate.LayerNorm)
+    return out
+
+
+def causal_dispatcher_block(block, sequence, interests, mask, activation="gelu", interest_ffn=True):
+    """One causal LDA block at every position t: the aggregate over the prefix up to t updates position t's
+    interests (then the FFN if ``interest_ffn``), and position t alone attends to its own k interests (dispatch),
+    then the FFN. Returns the sequence ``[B, N, H]`` and interests ``[B, N, k, H]``."""
+    interests = causal_aggregate(block.aggregate, block.interest_queries, interests, sequence, mask)
+    if interest_ffn:
+        interests = feed_forward(block.aggregate_ffn, interests, activation)
+    dispatched = [
+        softmax_attention(block.dispatch, sequence[:, t : t + 1], interests[:, t])[:, 0]
+        for t in range(sequence.size(1))
+    ]
+    return feed_forward(block.dispatch_ffn, torch.stack(dispatched, dim=1), activation), interests
+
+
+def causal_elastic_all_positions(model, item_seq, interest_ffn=True):
+    """CausalELASTIC's last-block output at every position ``[B, N, H]`` (N within the position table): position t
+    retrieves its interests with the masked mean of the input up to t (padded positions get zeros), then each
+    block as :func:`causal_dispatcher_block`."""
+    mask = item_seq != 0
+    mask[:, 0] = True
+    sequence = embed(model, item_seq)
+    batch_size, length, hidden = sequence.shape
+    if model.use_interest_memory:
+        memory = model.interest_memory
+        interests = torch.zeros(batch_size, length, model.n_interests, hidden)
+        for t in range(length):
+            weights = mask[:, : t + 1].unsqueeze(-1).float()
+            summary = (sequence[:, : t + 1] * weights).sum(1) / weights.sum(1)
+            tokens, _ = memory_tokens(memory, memory_query(memory, summary))
+            interests[:, t] = torch.where(mask[:, t, None, None], tokens, 0.0)
+    else:
+        interests = model.shared_interests.expand(batch_size, length, -1, -1)
+    for block in model.dispatcher_blocks:
+        sequence, interests = causal_dispatcher_block(block, sequence, interests, mask, model.hidden_act, interest_ffn)
+    return sequence

@@ -1,11 +1,14 @@
 """The causal models: the loss over every position of a window equals the mean of its prefixes' losses."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from recbole.data.interaction import Interaction
 
+from recbole_elastic.errors import ConfigError
 from recbole_elastic.model import CausalELASTIC, CausalSASRec
 from recbole_elastic.standalone import build_standalone_model
 from recbole_elastic.utils import get_model
@@ -88,15 +91,75 @@ def test_prefix_samples_get_the_last_position_loss(model_class):
         assert torch.allclose(model.calculate_loss(batch), F.cross_entropy(logits, batch["item_id"]), atol=1e-6)
 
 
-def test_causal_sasrec_with_sasrec_weights_is_recbole_sasrec():
+# Every TransformerEncoder argument away from RecBole's default (which the YAML defaults equal), in training mode
+# without dropout: an argument not passed on to the encoder shows as a state dict that does not load, or as other
+# scores (more heads, another activation or LayerNorm eps, dropout at its default 0.5, a layer read out too early).
+NOT_THE_DEFAULTS = {
+    "n_layers": 3,
+    "n_heads": 4,
+    "hidden_size": 16,
+    "inner_size": 24,
+    "hidden_dropout_prob": 0.0,
+    "attn_dropout_prob": 0.0,
+    "hidden_act": "relu",
+    "layer_norm_eps": 0.1,
+}
+
+
+@pytest.mark.parametrize("overrides, training", [({}, False), (NOT_THE_DEFAULTS, True)])
+def test_causal_sasrec_with_sasrec_weights_is_recbole_sasrec(overrides, training):
     torch.manual_seed(0)
-    sasrec = build_standalone_model("SASRec", 30, WIDTH).eval()
-    causal = build_model(CausalSASRec, max_len=WIDTH).eval()
+    sasrec = build_standalone_model("SASRec", 30, WIDTH, **overrides).train(training)
+    causal = build_model(CausalSASRec, max_len=WIDTH, **overrides).train(training)
     assert get_model("SASRec").__name__ == "SASRec"
     causal.load_state_dict(sasrec.state_dict())
     batch = padded_batch(SEQUENCES, WIDTH)
     with torch.no_grad():
         assert torch.allclose(causal.full_sort_predict(batch), sasrec.full_sort_predict(batch), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [("n_heads", 0, "an integer >= 1"), ("hidden_act", "mish", "one of ['gelu', 'relu', 'swish', 'tanh', 'sigmoid']")],
+)
+def test_bad_hyperparameter_names_causal_sasrec_and_the_key(key, value, allowed):
+    with pytest.raises(ConfigError) as error:
+        build_model(CausalSASRec, **{key: value})
+    assert str(error.value) == (
+        f"CausalSASRec hyperparameter `{key}` = {value!r} is invalid: it must be {allowed}. "
+        f"Set it in your config file or on the command line (--{key}=...)."
+    )
+
+
+STREAMED = [[3, 5, 7, 1, 9], [11, 4, 4, 9, 21]]
+
+
+def computed_on(model, device):
+    """The model's scores of SEQUENCES, its loss over every position of their windows and, for CausalELASTIC, the
+    scores after streaming STREAMED, computed on ``device``; returned on the CPU."""
+    model = copy.deepcopy(model).to(device)
+    with torch.no_grad():
+        results = [
+            model.full_sort_predict(padded_batch(SEQUENCES, WIDTH).to(device)),
+            model.calculate_loss(window_batch().to(device)),
+        ]
+        if isinstance(model, CausalELASTIC):
+            state = model.init_stream_state(len(STREAMED))
+            for t in range(len(STREAMED[0])):
+                state = model.stream_update(state, torch.tensor([items[t] for items in STREAMED], device=device))
+            results.append(model.stream_scores(state))
+    return [result.cpu() for result in results]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("model_class", CAUSAL_MODELS)
+def test_causal_models_on_a_gpu_equal_the_cpu(model_class):
+    # Every index tensor a causal model makes (positions, the causal chunk mask, the stream's event counts) must be
+    # made on the model's device.
+    torch.manual_seed(0)
+    model = build_model(model_class, max_len=WIDTH).eval()
+    for on_gpu, on_cpu in zip(computed_on(model, "cuda"), computed_on(model, "cpu")):
+        assert torch.allclose(on_gpu, on_cpu, atol=1e-4)
 
 
 def test_causal_sasrec_position_t_equals_the_history_truncated_at_t():

@@ -2,13 +2,15 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recbole_elastic.errors import ConfigError
 from recbole_elastic.model import ELASTIC, CausalELASTIC
-from recbole_elastic.model.causal_layers import prefix_softmax_attention
+from recbole_elastic.model.causal_layers import CausalDispatcherBlock, PrefixAggregation, prefix_softmax_attention
 
 from tests.helpers import PADDING_SEQUENCES as SEQUENCES
 from tests.helpers import LargestTensor, build_model, padded_batch
+from tests.model import reference
 
 SMALL = {"hidden_size": 16, "inner_size": 32, "n_interests": 4, "memory_keys": 8, "memory_topk": 2, "memory_key_dim": 8}
 
@@ -17,6 +19,117 @@ def all_positions(model, sequences, width):
     batch = padded_batch(sequences, width)
     with torch.no_grad():
         return model.forward_all_positions(batch["item_id_list"], batch["item_length"])
+
+
+def randomise_biases_and_gains(module):
+    """Every bias, LayerNorm gain and BatchNorm statistic away from its initial value (as ``test_models`` does),
+    so that none of them is zero or the identity by accident in a comparison; eval mode."""
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if name.endswith("LayerNorm.weight") or name.endswith("query_norm.weight"):
+                parameter.uniform_(0.5, 1.5)
+            elif parameter.dim() == 1:
+                parameter.normal_(0.0, 0.1)
+        for norm in module.modules():
+            if isinstance(norm, torch.nn.BatchNorm1d):
+                norm.running_mean.normal_(0.0, 0.05)
+                norm.running_var.uniform_(0.001, 0.005)  # the untrained query's variance is about 0.003
+    return module.eval()
+
+
+@pytest.mark.parametrize("use_interest_memory", [True, False])
+@pytest.mark.parametrize("interest_ffn", [True, False])
+def test_every_position_and_the_readout_equal_the_direct_computation(use_interest_memory, interest_ffn):
+    # reference.causal_elastic_all_positions: one ordinary softmax per prefix, the memory scored over all slots
+    torch.manual_seed(0)
+    model = build_model(
+        CausalELASTIC,
+        max_len=10,
+        causal_chunk_size=3,
+        use_interest_memory=use_interest_memory,
+        causal_interest_ffn=interest_ffn,
+    )
+    model = randomise_biases_and_gains(model)
+    batch = padded_batch(SEQUENCES, 10)
+    lengths = batch["item_length"]
+    with torch.no_grad():
+        expected = reference.causal_elastic_all_positions(model, batch["item_id_list"], interest_ffn)
+        every = model.forward_all_positions(batch["item_id_list"], lengths)
+        readout = model.forward(batch["item_id_list"], lengths)
+    assert torch.allclose(every, expected, atol=1e-5)
+    assert torch.allclose(readout, expected[torch.arange(len(SEQUENCES)), lengths - 1], atol=1e-5)
+
+
+def test_the_readout_sees_only_the_items_up_to_it_when_later_items_follow():
+    # forward reads position item_seq_len - 1 of the causal model, whatever follows it: the last block's aggregate
+    # must hide the later positions, not only padding.
+    torch.manual_seed(0)
+    model = randomise_biases_and_gains(build_model(CausalELASTIC, max_len=10, causal_chunk_size=4))
+    item_seq = torch.randint(1, 30, (4, 10), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([1, 4, 7, 10])
+    with torch.no_grad():
+        expected = reference.causal_elastic_all_positions(model, item_seq)[torch.arange(4), lengths - 1]
+        readout = model.forward(item_seq, lengths)
+    assert torch.allclose(readout, expected, atol=1e-5)
+
+
+def block_inputs(lengths=(6, 9), k=3, hidden=16):
+    torch.manual_seed(1)
+    width = max(lengths)
+    queries = torch.randn(k, hidden)
+    interests = torch.randn(len(lengths), width, k, hidden)
+    sequence = torch.randn(len(lengths), width, hidden)
+    mask = torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    return queries, interests, sequence, mask, torch.tensor(lengths) - 1
+
+
+def test_a_causal_block_equals_the_direct_computation_with_its_interest_ffn_by_default():
+    torch.manual_seed(0)
+    # interest_ffn left out: its default is True
+    block = CausalDispatcherBlock(16, 2, 3, 32, 0.0, 0.0, "gelu", 1e-12, chunk_size=4, initializer_range=0.02)
+    block = randomise_biases_and_gains(block)
+    _, interests, sequence, mask, readout_index = block_inputs()
+    with torch.no_grad():
+        expected_sequence, expected_interests = reference.causal_dispatcher_block(block, sequence, interests, mask)
+        got_sequence, got_interests = block(sequence, interests, mask)
+        readout, readout_interests = block(sequence, interests, mask, readout_index=readout_index)
+    assert torch.allclose(got_interests, expected_interests, atol=1e-5)
+    assert torch.allclose(got_sequence, expected_sequence, atol=1e-5)
+    rows = torch.arange(2)
+    assert torch.allclose(readout[:, 0], expected_sequence[rows, readout_index], atol=1e-5)
+    assert torch.allclose(readout_interests, expected_interests[rows, readout_index], atol=1e-5)
+
+
+def test_aggregate_attention_dropout_scales_each_keys_weight_in_training_mode():
+    # In training mode each (user, head, query, key) weight is kept with probability 1 - p and scaled by
+    # 1 / (1 - p), at every position after the key and at the readout alike; the normaliser is unchanged.
+    torch.manual_seed(0)
+    aggregate = PrefixAggregation(16, 2, 0.0, 0.3, 1e-12, chunk_size=4)
+    aggregate = randomise_biases_and_gains(aggregate).train()
+    queries, interests, sequence, mask, readout_index = block_inputs()
+    rows = torch.arange(2)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        got = aggregate(queries, interests, sequence, mask)
+        torch.manual_seed(1)
+        readout = aggregate(queries, interests[rows, readout_index], sequence, mask, readout_index=readout_index)
+        torch.manual_seed(1)
+        keep = F.dropout(torch.ones(2, 2, 3, 9), 0.3)  # the aggregate's one random draw, repeated
+        expected = reference.causal_aggregate(aggregate, queries, interests, sequence, mask, keep)
+        without_dropout = reference.causal_aggregate(aggregate, queries, interests, sequence, mask)
+    assert (keep == 0).any()
+    assert not torch.allclose(expected, without_dropout, atol=1e-3)  # the test means something
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(readout, expected[rows, readout_index], atol=1e-5)
+
+
+def test_interest_queries_initialisation():
+    torch.manual_seed(0)
+    model = build_model(CausalELASTIC, initializer_range=0.05)
+    queries = torch.cat([block.interest_queries.detach().flatten() for block in model.dispatcher_blocks])
+    assert queries.numel() == 2 * 8 * 64  # n_layers x n_interests x hidden_size draws of N(0, initializer_range)
+    assert queries.std().item() == pytest.approx(0.05, rel=0.1)
+    assert abs(queries.mean().item()) < 0.01
 
 
 @pytest.mark.parametrize("use_interest_memory", [True, False])
@@ -131,10 +244,24 @@ def test_last_position_retrieves_what_elastic_retrieves():
     assert torch.equal(elastic.memory_slots(batch), causal.memory_slots(batch))
 
 
-def test_bad_chunk_size_names_the_key():
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        ("n_layers", 0, "an integer >= 1"),
+        ("memory_topk", 65, "<= memory_keys=64 (top-k is taken over each sub-key table)"),
+        ("causal_chunk_size", 0, "an integer >= 1"),
+        ("causal_chunk_size", 2.0, "an integer >= 1"),
+        ("causal_interest_ffn", "yes", "True or False"),
+    ],
+)
+def test_bad_hyperparameter_names_causal_elastic_and_the_key(key, value, allowed):
+    # ELASTIC's rules too report the model as CausalELASTIC
     with pytest.raises(ConfigError) as error:
-        build_model(CausalELASTIC, causal_chunk_size=0)
-    assert "CausalELASTIC" in str(error.value) and "`causal_chunk_size`" in str(error.value)
+        build_model(CausalELASTIC, **{key: value})
+    assert str(error.value) == (
+        f"CausalELASTIC hyperparameter `{key}` = {value!r} is invalid: it must be {allowed}. "
+        f"Set it in your config file or on the command line (--{key}=...)."
+    )
 
 
 def stream(model, sequences):
@@ -145,6 +272,20 @@ def stream(model, sequences):
         state = model.stream_update(state, torch.tensor([items[t] for items in sequences]))
         outputs.append(state.output)
     return torch.stack(outputs, dim=1), state
+
+
+def test_the_stream_state_of_users_without_events():
+    model = build_model(CausalELASTIC, n_items=30, max_len=10, **SMALL).eval()
+    state = model.init_stream_state(3)
+    assert torch.equal(state.length, torch.zeros(3, dtype=torch.long))
+    assert torch.equal(state.embedding_sum, torch.zeros(3, 16))
+    assert torch.equal(state.output, torch.zeros(3, 16))
+    assert len(state.running) == 2
+    for running_max, running_sum, numerator in state.running:  # per block: 2 heads of size 8, 4 queries
+        assert torch.equal(running_max, torch.full((3, 2, 4, 1), float("-inf")))
+        assert torch.equal(running_sum, torch.zeros(3, 2, 4, 1))
+        assert torch.equal(numerator, torch.zeros(3, 2, 4, 8))
+    assert torch.equal(model.stream_scores(state), torch.zeros(3, 30))  # no event yet: every item scores 0
 
 
 @pytest.mark.parametrize("use_interest_memory", [True, False])
