@@ -196,7 +196,8 @@ class CausalDispatcherBlock(nn.Module):
         readout_index: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """sequence ``[B, N, H]``, each position's interests ``[B, N, k, H]``, ``sequence_mask`` ``[B, N]`` -> the
-        updated sequence and interests (``[B, 1, H]`` and ``[B, k, H]``: the ``readout_index`` position only)."""
+        updated sequence and interests, zeros at padded positions (``[B, 1, H]`` and ``[B, k, H]``: the
+        ``readout_index`` position only)."""
         batch, length, n_interests, hidden = interests.shape
         if readout_index is not None:
             interests = interests.gather(1, readout_index.view(-1, 1, 1, 1).expand(-1, 1, n_interests, hidden))
