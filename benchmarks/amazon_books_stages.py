@@ -38,6 +38,9 @@ from typing import Any, Callable, Dict, List
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+
+from common import training_step, write_results  # noqa: E402
 
 ALL_POSITIONS, PREFIXES = {"train_all_positions": True}, {"train_all_positions": False}
 TRAINING = [  # model, loss_type, extra settings
@@ -169,17 +172,9 @@ def training_speed(
     train_data = all_positions_train_data(config, train_data)
     model = get_model(model_name)(config, train_data.dataset)
     trainer = get_trainer(config)(config, model)
-    model.train()
-    seconds: List[float] = []
     batches = iter(train_data)
-    for step in range(args.batches + 1):
-        interaction = next(batches)
-        start = time.perf_counter()
-        trainer.optimizer.zero_grad()
-        model.calculate_loss(interaction).backward()
-        trainer.optimizer.step()
-        if step:  # the first step allocates the optimizer's state
-            seconds.append(time.perf_counter() - start)
+    # The first step allocates the optimizer's state: not timed.
+    seconds = [training_step(trainer, next(batches)) for _ in range(args.batches + 1)][1:]
     per_batch = statistics.fmean(seconds)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     label = training_label(model_name, extra)
@@ -242,8 +237,6 @@ def main() -> int:
         print("RECORD " + json.dumps(record))
         return 0
 
-    from recbole_elastic.atomic import atomic_write
-
     temporary = None if args.checkpoint_dir else tempfile.mkdtemp(prefix="amazon-books-cache-")
     checkpoint_dir = args.checkpoint_dir or temporary
     records = []
@@ -257,11 +250,7 @@ def main() -> int:
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
-    os.makedirs(args.out, exist_ok=True)
-    atomic_write(os.path.join(args.out, "results.json"), json.dumps(records, indent=2))
-    markdown = to_markdown(records, args)
-    atomic_write(os.path.join(args.out, "results.md"), markdown)
-    print(markdown)
+    write_results(args.out, records, to_markdown(records, args))
     return 0
 
 

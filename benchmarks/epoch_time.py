@@ -18,15 +18,16 @@ Writes ``results.json`` and ``results.md``.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import time
 from typing import Any, Dict, List
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+
+from common import training_step, write_results  # noqa: E402
 
 SCHEMES = [
     ("ELASTIC, prefix samples", "ELASTIC", {}),
@@ -35,7 +36,9 @@ SCHEMES = [
 ]
 
 
-def measure(label: str, model_name: str, extra: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
+def build_run(model_name: str, extra: Dict[str, Any], args: argparse.Namespace, **settings: Any):
+    """The plugin's run path for one scheme: ``(train_data, valid_data, model, trainer)`` on ``args``' data and N,
+    at 2,048 training targets per batch, with ``settings`` on top."""
     from recbole_elastic.config import build_config
     from recbole_elastic.quick_start import build_data_and_model
     from recbole_elastic.trainer import get_trainer
@@ -47,22 +50,19 @@ def measure(label: str, model_name: str, extra: Dict[str, Any], args: argparse.N
         "gpu_id": "",
         "show_progress": False,
         "seed": 2020,
+        **settings,
         **extra,
     }
     config = build_config(model_name, args.dataset, config_dict=config_dict)
-    _, train_data, _, _, model = build_data_and_model(config)
-    trainer = get_trainer(config)(config, model)
-    model.train()
-    seconds: List[float] = []
+    _, train_data, valid_data, _, model = build_data_and_model(config)
+    return train_data, valid_data, model, get_trainer(config)(config, model)
+
+
+def measure(label: str, model_name: str, extra: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
+    train_data, _, _, trainer = build_run(model_name, extra, args)
     batches = iter(train_data)
-    for step in range(args.batches + 1):
-        interaction = next(batches).to(config["device"])
-        start = time.perf_counter()
-        trainer.optimizer.zero_grad()
-        model.calculate_loss(interaction).backward()
-        trainer.optimizer.step()
-        if step:  # the first step allocates the optimizer's state
-            seconds.append(time.perf_counter() - start)
+    # The first step allocates the optimizer's state: not timed.
+    seconds = [training_step(trainer, next(batches)) for _ in range(args.batches + 1)][1:]
     per_batch = statistics.fmean(seconds)
     return {
         "scheme": label,
@@ -105,17 +105,12 @@ def main() -> int:
     import torch
 
     from recbole_elastic import compat
-    from recbole_elastic.atomic import atomic_write
 
     compat.apply()
     torch.set_num_threads(args.threads)
     chosen = [SCHEMES[int(index)] for index in args.schemes.split(",")]
     points = [measure(label, model, extra, args) for label, model, extra in chosen]
-    os.makedirs(args.out, exist_ok=True)
-    atomic_write(os.path.join(args.out, "results.json"), json.dumps(points, indent=2))
-    markdown = to_markdown(points, args)
-    atomic_write(os.path.join(args.out, "results.md"), markdown)
-    print(markdown)
+    write_results(args.out, points, to_markdown(points, args))
     return 0
 
 

@@ -13,54 +13,35 @@ scheme learns per second of training, not a tuned comparison. Writes ``results.j
 """
 
 import argparse
-import json
 import os
 import sys
-import time
 from typing import Any, Dict, List
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
 
-from epoch_time import SCHEMES  # noqa: E402  (the same schemes as the epoch-time benchmark)
+from common import training_step, write_results  # noqa: E402
+from epoch_time import SCHEMES, build_run  # noqa: E402  (the same schemes and run path as the epoch-time benchmark)
 
 METRICS = ["ndcg@10", "hit@10", "mrr@10"]
 
 
 def train_for(label: str, model_name: str, extra: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
-    from recbole_elastic.config import build_config
-    from recbole_elastic.quick_start import build_data_and_model
-    from recbole_elastic.trainer import get_trainer
-
-    config_dict = {
-        "data_path": args.data_path,
-        "MAX_ITEM_LIST_LENGTH": args.length,
+    evaluation = {
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
         "metrics": ["NDCG", "Hit", "MRR"],
         "topk": [10],
         "valid_metric": "NDCG@10",
-        "train_batch_size": 2048,
         "eval_batch_size": 4096,
-        "gpu_id": "",
-        "show_progress": False,
-        "seed": 2020,
-        **extra,
     }
-    config = build_config(model_name, args.dataset, config_dict=config_dict)
-    _, train_data, valid_data, _, model = build_data_and_model(config)
-    trainer = get_trainer(config)(config, model)
+    train_data, valid_data, model, trainer = build_run(model_name, extra, args, **evaluation)
     budget = args.minutes * 60
     check_times = [budget * (i + 1) / args.checks for i in range(args.checks)]
     trained, steps, targets, checks = 0.0, 0, 0, []
     while check_times:
         for interaction in train_data:
-            model.train()
-            start = time.perf_counter()
-            trainer.optimizer.zero_grad()
-            model.calculate_loss(interaction).backward()
-            trainer.optimizer.step()
-            trained += time.perf_counter() - start
+            trained += training_step(trainer, interaction)
             steps += 1
             targets += training_targets(interaction, model)
             if trained >= check_times[0]:
@@ -116,18 +97,14 @@ def main() -> int:
     import torch
 
     from recbole_elastic import compat
-    from recbole_elastic.atomic import atomic_write
 
     compat.apply()
     torch.set_num_threads(args.threads)
     points = []
-    os.makedirs(args.out, exist_ok=True)
     for index in args.schemes.split(","):
         points.append(train_for(*SCHEMES[int(index)], args))
-        atomic_write(os.path.join(args.out, "results.json"), json.dumps(points, indent=2))  # partial runs count
-    markdown = to_markdown(points, args)
-    atomic_write(os.path.join(args.out, "results.md"), markdown)
-    print(markdown)
+        write_results(args.out, points)  # a partial run keeps the schemes it finished
+    write_results(args.out, points, to_markdown(points, args))
     return 0
 
 
