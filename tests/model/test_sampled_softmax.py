@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from recbole.data.interaction import Interaction
+
 from recbole_elastic.errors import ConfigError
 from recbole_elastic.model import ELASTIC, CausalSASRec, LinRec
 from recbole_elastic.model.sampled_softmax import (
@@ -14,6 +16,7 @@ from recbole_elastic.model.sampled_softmax import (
     negative_log_expected_counts,
     sampled_softmax_loss,
 )
+from recbole_elastic.standalone import SEQUENTIAL_FIELDS, StandInConfig, StandInDataset, model_defaults
 
 from tests.helpers import build_model, padded_batch
 
@@ -59,6 +62,8 @@ def test_log_q_correction_is_the_log_expected_count_of_each_item():
     for item, value in zip(items.tolist(), correction.tolist()):
         # 12 uniform draws over the 6 real items, 10 in-batch draws in proportion to the training targets
         assert value == pytest.approx(-math.log(12 / 6 + 10 * counts[item] / 8), rel=1e-6)
+    one_target = SampledSoftmax(4, torch.tensor([2]), n_uniform=1, in_batch=True, logq_correction=True)
+    assert one_target.item_share.tolist() == [0.0, 0.0, 1.0, 0.0]  # a share, even of a single target
     uniform_only = negative_log_expected_counts(items, sampled.item_share, 10, 12, in_batch=False)
     assert torch.allclose(uniform_only, torch.full((4,), -math.log(2.0)))
 
@@ -99,10 +104,22 @@ def test_uniform_negatives_cover_the_catalogue_without_padding():
     assert all(abs(count - 600) < 100 for count in counts.values())  # uniform: 600 each, sd about 22
 
 
+def model_with_targets(model_class, training_items, **overrides):
+    """``model_class`` with its YAML defaults on a stand-in dataset whose training targets are ``training_items``."""
+    config = StandInConfig({**SEQUENTIAL_FIELDS, **model_defaults(model_class.__name__)})
+    config.update({"device": torch.device("cpu"), "MAX_ITEM_LIST_LENGTH": 20, **overrides})
+    dataset = StandInDataset(40)
+    dataset.inter_feat = {"item_id": training_items}
+    return model_class(config, dataset)
+
+
 @pytest.mark.parametrize("model_class", [ELASTIC, LinRec, CausalSASRec])
-def test_model_loss_is_the_sampled_softmax_of_its_output(model_class):
+@pytest.mark.parametrize("logq_correction", [True, False])
+def test_model_loss_is_the_sampled_softmax_of_its_output(model_class, logq_correction):
     torch.manual_seed(0)
-    model = build_model(model_class, n_items=40, loss_type="SampledSoftmax", sampled_negatives=8).eval()
+    training_items = torch.tensor([6] * 30 + [8] * 5 + list(range(1, 40)))  # item 6 popular: the correction matters
+    settings = {"loss_type": "SampledSoftmax", "sampled_negatives": 8, "logq_correction": logq_correction}
+    model = model_with_targets(model_class, training_items, **settings).eval()
     batch = padded_batch([[3, 4, 5], [7], [9, 2, 2, 6]], width=20)
     batch.update(type(batch)({"item_id": torch.tensor([6, 8, 1])}))
     torch.manual_seed(5)
@@ -111,10 +128,10 @@ def test_model_loss_is_the_sampled_softmax_of_its_output(model_class):
     with torch.no_grad():
         output = model.forward(batch["item_id_list"], batch["item_length"])
     negatives = model.sampled_softmax.draw_negatives(batch["item_id"])
-    share = 1 / 39  # the stand-in dataset's targets: every item once
+    counts = Counter(training_items.tolist())
 
     def log_q(item):
-        return -math.log(8 / 39 + 3 * share)
+        return -math.log(8 / 39 + 3 * counts[item] / len(training_items)) if logq_correction else 0.0
 
     expected = direct_loss(output, batch["item_id"], negatives, model.item_embedding.weight.detach(), log_q)
     assert loss.item() == pytest.approx(expected, rel=1e-4)
@@ -122,11 +139,22 @@ def test_model_loss_is_the_sampled_softmax_of_its_output(model_class):
 
 
 def test_sampled_negatives_must_have_a_source():
-    with pytest.raises(ConfigError, match="sampled_negatives"):
+    with pytest.raises(ConfigError) as error:
         build_model(ELASTIC, loss_type="SampledSoftmax", sampled_negatives=0, in_batch_negatives=False)
+    assert str(error.value) == (
+        "ELASTIC hyperparameter `sampled_negatives` = 0 is invalid: it must be an integer >= 1 when "
+        "in_batch_negatives is False. Set it in your config file or on the command line (--sampled_negatives=...)."
+    )
+    with pytest.raises(ConfigError) as error:
+        build_model(ELASTIC, loss_type="SampledSoftmax", sampled_negatives=-1)
+    assert "`sampled_negatives` = -1 is invalid: it must be an integer >= 0. Set it" in str(error.value)
     with pytest.raises(ConfigError, match="logq_correction"):
         build_model(ELASTIC, loss_type="SampledSoftmax", logq_correction="yes")
+    with pytest.raises(ConfigError, match="in_batch_negatives"):
+        build_model(ELASTIC, loss_type="SampledSoftmax", in_batch_negatives=1)
     build_model(ELASTIC, loss_type="SampledSoftmax", sampled_negatives=0)  # in-batch negatives alone
+    build_model(ELASTIC, loss_type="SampledSoftmax", sampled_negatives=1, in_batch_negatives=False)  # one uniform
+    build_model(ELASTIC, loss_type="CE", sampled_negatives=0, in_batch_negatives=False)  # only read when sampled
 
 
 def test_all_position_loss_scores_every_position_against_the_batch_targets():
@@ -135,7 +163,8 @@ def test_all_position_loss_scores_every_position_against_the_batch_targets():
 
     torch.manual_seed(0)
     model = build_model(CausalSASRec, max_len=WIDTH, loss_type="SampledSoftmax", sampled_negatives=0).eval()
-    batch = window_batch()
+    # windows as the data loader builds them for losses other than BPR: no negative target field
+    batch = Interaction({key: value for key, value in window_batch().interaction.items() if "neg_" not in key})
     with torch.no_grad():
         loss = model.calculate_loss(batch)
         outputs = model.forward_all_positions(batch["item_id_list"], batch["item_length"])  # [B N H]
