@@ -1,7 +1,7 @@
 """amazon-books at full size: time and peak memory of each stage up to the first batch, then training speed.
 
     python benchmarks/amazon_books_standin.py --out ../standin         # once: the full-size stand-in (or the real file)
-    python benchmarks/amazon_books_stages.py --data-path ../standin [--batches 3] [--out DIR]
+    python benchmarks/amazon_books_stages.py --data-path ../standin [--batches 3] [--points 0,1,2,3,4,5] [--out DIR]
 
 Each run is a fresh process (``--run first`` / ``--run cached``) with the plugin's settings for amazon-books
 (``properties/dataset/amazon-books.yaml``: ratings >= 3, 10-core, N = 50) and ``save_dataset: True``:
@@ -142,7 +142,8 @@ def run_stages(args: argparse.Namespace) -> Dict[str, Any]:
         "batches_per_epoch": len(train_data),
     }
     if args.run == "cached":
-        record["training"] = [training_speed(args, *point, train_data) for point in TRAINING]
+        chosen = [TRAINING[int(index)] for index in args.points.split(",")]
+        record["training"] = [training_speed(args, *point, train_data) for point in chosen]
     return record
 
 
@@ -229,6 +230,7 @@ def main() -> int:
     )
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--points", default="0,1,2,3,4,5", help="indices into TRAINING: which models and losses")
     parser.add_argument("--run", choices=["first", "cached"], help="one stage run in this process (internal)")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "benchmarks", "results", "amazon-books"))
     args = parser.parse_args()

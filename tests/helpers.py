@@ -63,6 +63,37 @@ def tiny_run_config(data_path: str, **overrides) -> Dict[str, Any]:
     return config
 
 
+def assert_rejects_hyperparameter(model_class, overrides: Dict[str, Any], key: str, allowed: str) -> None:
+    """Building ``model_class`` with ``overrides`` raises the plugin's one-line message for ``key``."""
+    from recbole_elastic.errors import ConfigError
+
+    try:
+        build_model(model_class, **overrides)
+    except ConfigError as error:
+        assert str(error) == (
+            f"{model_class.__name__} hyperparameter `{key}` = {overrides[key]!r} is invalid: it must be {allowed}. "
+            f"Set it in your config file or on the command line (--{key}=...)."
+        )
+    else:
+        raise AssertionError(f"{model_class.__name__} accepted {key}={overrides[key]!r}")
+
+
+def randomise_biases_and_gains(module):
+    """Every bias, LayerNorm gain and BatchNorm statistic away from its initial value
+    so that none of them is zero or the identity by accident in a comparison; eval mode."""
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if name.endswith("LayerNorm.weight") or name.endswith("query_norm.weight"):
+                parameter.uniform_(0.5, 1.5)
+            elif parameter.dim() == 1:
+                parameter.normal_(0.0, 0.1)
+        for norm in module.modules():
+            if isinstance(norm, torch.nn.BatchNorm1d):
+                norm.running_mean.normal_(0.0, 0.05)
+                norm.running_var.uniform_(0.001, 0.005)  # the untrained query's variance is about 0.003
+    return module.eval()
+
+
 def padded_batch(sequences, width: int) -> Interaction:
     """An interaction of left-aligned item sequences right-padded with 0 to ``width``."""
     item_seq = torch.zeros(len(sequences), width, dtype=torch.long)

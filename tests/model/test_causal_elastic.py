@@ -4,12 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recbole_elastic.errors import ConfigError
 from recbole_elastic.model import ELASTIC, CausalELASTIC
 from recbole_elastic.model.causal_layers import CausalDispatcherBlock, PrefixAggregation, prefix_softmax_attention
 
 from tests.helpers import PADDING_SEQUENCES as SEQUENCES
-from tests.helpers import LargestTensor, build_model, padded_batch
+from tests.helpers import (
+    LargestTensor,
+    assert_rejects_hyperparameter,
+    build_model,
+    padded_batch,
+    randomise_biases_and_gains,
+)
 from tests.model import reference
 
 SMALL = {"hidden_size": 16, "inner_size": 32, "n_interests": 4, "memory_keys": 8, "memory_topk": 2, "memory_key_dim": 8}
@@ -19,22 +24,6 @@ def all_positions(model, sequences, width):
     batch = padded_batch(sequences, width)
     with torch.no_grad():
         return model.forward_all_positions(batch["item_id_list"], batch["item_length"])
-
-
-def randomise_biases_and_gains(module):
-    """Every bias, LayerNorm gain and BatchNorm statistic away from its initial value (as ``test_models`` does),
-    so that none of them is zero or the identity by accident in a comparison; eval mode."""
-    with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            if name.endswith("LayerNorm.weight") or name.endswith("query_norm.weight"):
-                parameter.uniform_(0.5, 1.5)
-            elif parameter.dim() == 1:
-                parameter.normal_(0.0, 0.1)
-        for norm in module.modules():
-            if isinstance(norm, torch.nn.BatchNorm1d):
-                norm.running_mean.normal_(0.0, 0.05)
-                norm.running_var.uniform_(0.001, 0.005)  # the untrained query's variance is about 0.003
-    return module.eval()
 
 
 @pytest.mark.parametrize("use_interest_memory", [True, False])
@@ -260,12 +249,7 @@ def test_last_position_retrieves_what_elastic_retrieves():
 )
 def test_bad_hyperparameter_names_causal_elastic_and_the_key(key, value, allowed):
     # ELASTIC's rules too report the model as CausalELASTIC
-    with pytest.raises(ConfigError) as error:
-        build_model(CausalELASTIC, **{key: value})
-    assert str(error.value) == (
-        f"CausalELASTIC hyperparameter `{key}` = {value!r} is invalid: it must be {allowed}. "
-        f"Set it in your config file or on the command line (--{key}=...)."
-    )
+    assert_rejects_hyperparameter(CausalELASTIC, {key: value}, key, allowed)
 
 
 def stream(model, sequences):

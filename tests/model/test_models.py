@@ -9,11 +9,16 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recbole_elastic.errors import ConfigError
 from recbole_elastic.model import ELASTIC, LinRec
 
 from tests.helpers import PADDING_SEQUENCES as SEQUENCES
-from tests.helpers import LargestTensor, build_model, padded_batch
+from tests.helpers import (
+    LargestTensor,
+    assert_rejects_hyperparameter,
+    build_model,
+    padded_batch,
+    randomise_biases_and_gains,
+)
 from tests.model import reference
 
 MODELS = [ELASTIC, LinRec]
@@ -42,17 +47,7 @@ def trained_looking_model(name: str, n_layers: int = 2, loss_type: str = "CE"):
     model_class, overrides = VARIANTS[name]
     torch.manual_seed(0)
     model = build_model(model_class, n_items=N_ITEMS, max_len=20, n_layers=n_layers, loss_type=loss_type, **overrides)
-    with torch.no_grad():
-        for parameter_name, parameter in model.named_parameters():
-            if parameter_name.endswith("LayerNorm.weight") or parameter_name.endswith("query_norm.weight"):
-                parameter.uniform_(0.5, 1.5)
-            elif parameter.dim() == 1:
-                parameter.normal_(0.0, 0.1)
-        if model_class is ELASTIC and model.use_interest_memory:
-            norm = model.interest_memory.query_norm
-            norm.running_mean.normal_(0.0, 0.05)
-            norm.running_var.uniform_(0.001, 0.005)  # the untrained query's variance is about 0.003
-    return model.eval()
+    return randomise_biases_and_gains(model)
 
 
 def batch_with_targets(sequences=SEQUENCES, width=WIDTH):
@@ -283,12 +278,7 @@ def test_bad_hyperparameter_names_the_key(model_class, key, value, fragment):
     overrides = {key: value}
     if key == "hidden_size":
         overrides["n_heads"] = 4
-    with pytest.raises(ConfigError) as error:
-        build_model(model_class, **overrides)
-    assert str(error.value) == (
-        f"{model_class.__name__} hyperparameter `{key}` = {value!r} is invalid: it must be {fragment}. "
-        f"Set it in your config file or on the command line (--{key}=...)."
-    )
+    assert_rejects_hyperparameter(model_class, overrides, key, fragment)
 
 
 @pytest.mark.parametrize("model_class", MODELS)
