@@ -97,7 +97,8 @@ class FastLoadingMixin:
             for field, interval in intervals.items():
                 field_codes = codes[field][kept]
                 distinct_counts, count_of_code = np.unique(np.bincount(field_codes), return_inverse=True)
-                allowed = np.array([self._within_intervals(count, interval) for count in distinct_counts.tolist()])
+                allowed = [self._within_intervals(count, interval) for count in distinct_counts.tolist()]
+                allowed = np.array(allowed, dtype=bool)  # bool even when filtering has left nothing
                 dropped |= ~allowed[count_of_code][field_codes]
             if not dropped.any():
                 break

@@ -1,9 +1,10 @@
 """Stop before the first batch when the output layer's logits cannot fit in memory.
 
 Full CE scores every training target against every item: a ``[train_batch_size, n_items]`` float tensor, and at
-the peak of a training step three of them (the logits, their log-softmax, and its gradient; measured on CPU with
-torch 2.13). On amazon-books (155,749 items) at RecBole's batch of 2,048 that is 3.8 GB for the output layer
-alone; without this check the run would fail with an out-of-memory error in the middle of its first epoch.
+the peak of a training step up to three of them (the logits, their log-softmax, and its gradient; on CPU with
+torch 2.13 we measured 2.1 to 3.0 copies, depending on the allocator's reuse of freed memory). On amazon-books
+(155,749 items) at RecBole's batch of 2,048 that is up to 3.8 GB for the output layer alone; without this check
+the run would fail with an out-of-memory error in the middle of its first epoch.
 
 :func:`check_output_memory` estimates that size for the run's ``loss_type`` and batch, compares it with the memory
 the device has free (CUDA: ``torch.cuda.mem_get_info``; CPU: ``MemAvailable`` and the cgroup's limit), and raises
@@ -21,7 +22,7 @@ from recbole.utils import ModelType
 from recbole_elastic.errors import ConfigError
 from recbole_elastic.model.sampled_softmax import SAMPLED_SOFTMAX
 
-LOGIT_COPIES = 3  # [targets, candidates] float tensors alive at the peak of a CE step
+LOGIT_COPIES = 3  # at most this many [targets, candidates] float tensors alive at the peak of a CE step
 BYTES_PER_LOGIT = 4  # float32
 
 
