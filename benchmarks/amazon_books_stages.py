@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -122,7 +122,7 @@ def run_stages(args: argparse.Namespace) -> Dict[str, Any]:
     compat.apply()
     torch.set_num_threads(args.threads)
     clock = StageClock()
-    config = build_config("ELASTIC", "amazon-books", config_dict=settings(args, "ELASTIC", "CE"))
+    config = build_config("ELASTIC", "amazon-books", config_dict=settings(args, "CE"))
     start_logging(config)
     dataset = create_dataset(config, dataset_class=staged_dataset_class(clock))
     if args.run == "cached":
@@ -147,9 +147,10 @@ def run_stages(args: argparse.Namespace) -> Dict[str, Any]:
     return record
 
 
-def settings(args: argparse.Namespace, model: str, loss_type: str, extra: Dict[str, Any] = {}) -> Dict[str, Any]:
+def settings(args: argparse.Namespace, loss_type: str, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """One run's config_dict: the stand-in's data and cache, ``loss_type``, RecBole's batch of 2,048, ``extra``."""
     return {
-        **extra,
+        **(extra or {}),
         "data_path": args.data_path,
         "checkpoint_dir": args.checkpoint_dir,  # the dataset cache
         "save_dataset": True,
@@ -169,7 +170,7 @@ def training_speed(
     from recbole_elastic.utils import get_model
     from recbole_elastic.windows import all_positions_train_data
 
-    config = build_config(model_name, "amazon-books", config_dict=settings(args, model_name, loss_type, extra))
+    config = build_config(model_name, "amazon-books", config_dict=settings(args, loss_type, extra))
     train_data = all_positions_train_data(config, train_data)
     model = get_model(model_name)(config, train_data.dataset)
     trainer = get_trainer(config)(config, model)
