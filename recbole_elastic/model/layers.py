@@ -235,6 +235,21 @@ class ProductKeyInterestMemory(nn.Module):
         return tokens.view(batch_size, self.n_heads, -1), slots
 
 
+def causal_linear_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """``out_t = query_t (sum_{j <= t} key_j^T value_j)`` for ``[B, heads, N, d]`` inputs, in chunks of positions."""
+    context = query.new_zeros(*query.shape[:-2], query.size(-1), value.size(-1))  # [B heads d d]: earlier chunks
+    outputs = []
+    for start in range(0, query.size(-2), chunk_size):
+        chunk = slice(start, start + chunk_size)
+        q, k, v = query[..., chunk, :], key[..., chunk, :], value[..., chunk, :]
+        within = torch.matmul(q, k.transpose(-2, -1)).tril()  # [B heads c c]: keys up to each query in the chunk
+        outputs.append(torch.matmul(within, v) + torch.matmul(q, context))
+        context = context + torch.matmul(k.transpose(-2, -1), v)
+    return torch.cat(outputs, dim=-2)  # [B heads N d]
+
+
 class LinRecAttention(ProjectedAttention):
     r"""LinRec's L2-normalised linear self-attention, with SASRec's output projection, residual and LayerNorm.
 
@@ -256,13 +271,25 @@ class LinRecAttention(ProjectedAttention):
     ``key_mask`` (``[B, N]``, True at real items) zeroes the ``K_hat`` rows of padded positions, so they add nothing
     to ``K_hat^T V``. With ``key_mask=None`` every position enters ``K_hat^T V``, padding included, as in the
     paper's code. Attention dropout is not applied (the paper's code declares it but never uses it).
+
+    With ``causal_chunk_size`` (CausalLinRec) position t reads keys and values up to t only: the same formula with
+    ``K_hat^T V`` summed over the prefix, ``out_t = Q_hat_t (sum_{j <= t} K_hat_j^T V_j) / sqrt(d)``. It runs in
+    chunks of ``causal_chunk_size`` positions (a masked ``[chunk, chunk]`` product inside a chunk, plus the carried
+    ``[d, d]`` sum of the chunks before): O(N (chunk + d) d) time, no N x N and no ``[N, d, d]`` tensor.
     """
 
     def __init__(
-        self, n_heads: int, hidden_size: int, hidden_dropout_prob: float, layer_norm_eps: float, norm_eps: float = 1e-12
+        self,
+        n_heads: int,
+        hidden_size: int,
+        hidden_dropout_prob: float,
+        layer_norm_eps: float,
+        norm_eps: float = 1e-12,
+        causal_chunk_size: Optional[int] = None,
     ) -> None:
         super().__init__(hidden_size, n_heads, hidden_dropout_prob, layer_norm_eps)
         self.norm_eps = norm_eps
+        self.causal_chunk_size = causal_chunk_size
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """ELU, then each row divided by its L2 norm over the last (head) dimension, clamped at ``norm_eps``."""
@@ -279,6 +306,8 @@ class LinRecAttention(ProjectedAttention):
         key = self.feature_map(key)
         if key_mask is not None:
             key = key * key_mask[:, None, :, None].to(key.dtype)
+        if self.causal_chunk_size is not None:
+            return causal_linear_attention(query, key, value, self.causal_chunk_size) / math.sqrt(self.head_size)
         context = torch.matmul(key.transpose(-2, -1), value)  # [B, heads, d, d]
         return torch.matmul(query, context) / math.sqrt(self.head_size)
 
@@ -292,6 +321,7 @@ class LinRecEncoder(nn.Module):
     """``n_layers`` LinRec Transformer layers: :class:`LinRecAttention` then RecBole's ``FeedForward`` (post-LN).
 
     SASRec's ``TransformerEncoder`` with its softmax attention replaced; returns the last layer's output.
+    ``causal_chunk_size`` makes every layer causal (see :class:`LinRecAttention`).
     """
 
     def __init__(
@@ -303,10 +333,14 @@ class LinRecEncoder(nn.Module):
         hidden_dropout_prob: float,
         hidden_act: str,
         layer_norm_eps: float,
+        causal_chunk_size: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.attention_layers = nn.ModuleList(
-            LinRecAttention(n_heads, hidden_size, hidden_dropout_prob, layer_norm_eps) for _ in range(n_layers)
+            LinRecAttention(
+                n_heads, hidden_size, hidden_dropout_prob, layer_norm_eps, causal_chunk_size=causal_chunk_size
+            )
+            for _ in range(n_layers)
         )
         self.feed_forward_layers = nn.ModuleList(
             FusedFeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)

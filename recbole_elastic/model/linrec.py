@@ -37,11 +37,10 @@ from recbole_elastic.model.hyperparameters import HyperparameterChecker
 from recbole_elastic.model.layers import LinRecEncoder
 
 
-def check_hyperparameters(config) -> None:
-    """Raise :class:`ConfigError` naming the first LinRec hyperparameter outside its allowed range."""
-    checker = HyperparameterChecker("LinRec", config)
-    checker.require_transformer()
-    checker.require_bool("include_padding")
+def check_hyperparameters(config, model_name: str = "LinRec") -> None:
+    """Raise :class:`ConfigError` naming the first transformer hyperparameter of ``model_name`` (LinRec or a
+    subclass) outside its allowed range; each class's ``make_encoder`` checks its own keys."""
+    HyperparameterChecker(model_name, config).require_transformer()
 
 
 class LinRec(DotProductSequentialRecommender):
@@ -51,7 +50,7 @@ class LinRec(DotProductSequentialRecommender):
     """
 
     def __init__(self, config, dataset):
-        check_hyperparameters(config)
+        check_hyperparameters(config, type(self).__name__)
         super(LinRec, self).__init__(config, dataset)
 
         # load parameters info
@@ -60,10 +59,21 @@ class LinRec(DotProductSequentialRecommender):
         self.inner_size = config["inner_size"]  # the dimensionality in feed-forward layer
         self.attn_dropout_prob = config["attn_dropout_prob"]  # unused, see the module docstring
         self.hidden_act = config["hidden_act"]
-        self.include_padding = config["include_padding"]
 
         # define layers
-        self.trm_encoder = LinRecEncoder(
+        self.trm_encoder = self.make_encoder(config)
+
+        # parameters initialization
+        self.apply(self._init_weights)
+
+    def make_encoder(self, config) -> LinRecEncoder:
+        """LinRec's encoder, with no causal mask; reads the key of its padding choice, ``include_padding``."""
+        HyperparameterChecker("LinRec", config).require_bool("include_padding")
+        self.include_padding = config["include_padding"]
+        return LinRecEncoder(**self.encoder_arguments())
+
+    def encoder_arguments(self) -> dict:
+        return dict(
             n_layers=self.n_layers,
             n_heads=self.n_heads,
             hidden_size=self.hidden_size,
@@ -72,9 +82,6 @@ class LinRec(DotProductSequentialRecommender):
             hidden_act=self.hidden_act,
             layer_norm_eps=self.layer_norm_eps,
         )
-
-        # parameters initialization
-        self.apply(self._init_weights)
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         key_mask = None if self.include_padding else item_seq != 0

@@ -123,10 +123,11 @@ def elastic_all_positions(model, item_seq):
     return sequence
 
 
-def linrec_all_positions(model, item_seq):
-    """LinRec's last-layer output at every position ``[B, N, H]``, with the N x N matrix Q_hat K_hat^T."""
+def linrec_all_positions(model, item_seq, causal=False):
+    """LinRec's last-layer output at every position ``[B, N, H]``, with the N x N matrix Q_hat K_hat^T (lower
+    triangular with ``causal``: CausalLinRec, whose padding is always masked)."""
     hidden_states = embed(model, item_seq)
-    key_mask = None if model.include_padding else item_seq != 0
+    key_mask = item_seq != 0 if causal or not model.include_padding else None
     encoder = model.trm_encoder
     for attention, ffn in zip(encoder.attention_layers, encoder.feed_forward_layers):
         heads, hidden = attention.n_heads, hidden_states.size(-1)
@@ -141,6 +142,8 @@ def linrec_all_positions(model, item_seq):
             k_hat = F.elu(k_all[..., part])
             k_hat = k_hat / k_hat.norm(dim=-1, keepdim=True)
             scores = q_hat @ k_hat.transpose(1, 2)  # [B, N, N]
+            if causal:
+                scores = scores.tril()
             if key_mask is not None:
                 scores = scores * key_mask[:, None, :]
             out[..., part] = scores @ v_all[..., part] / math.sqrt(d)
@@ -151,8 +154,11 @@ def linrec_all_positions(model, item_seq):
 
 def sequence_output(model, item_seq, item_seq_len):
     """The model's output ``[B, H]``: its all-positions output read at position ``item_seq_len - 1``."""
-    all_positions = elastic_all_positions if hasattr(model, "dispatcher_blocks") else linrec_all_positions
-    return all_positions(model, item_seq)[torch.arange(item_seq.size(0)), item_seq_len - 1]
+    if hasattr(model, "dispatcher_blocks"):
+        all_positions = elastic_all_positions(model, item_seq)
+    else:
+        all_positions = linrec_all_positions(model, item_seq, causal=hasattr(model, "forward_all_positions"))
+    return all_positions[torch.arange(item_seq.size(0)), item_seq_len - 1]
 
 
 def causal_aggregate(aggregate, queries, interests, sequence, mask, keep=None):

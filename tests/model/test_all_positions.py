@@ -8,14 +8,14 @@ import torch.nn.functional as F
 
 from recbole.data.interaction import Interaction
 
-from recbole_elastic.model import CausalELASTIC, CausalSASRec
+from recbole_elastic.model import CausalELASTIC, CausalLinRec, CausalSASRec
 from recbole_elastic.standalone import build_standalone_model
 from recbole_elastic.utils import get_model
 
 from tests.helpers import PADDING_SEQUENCES as SEQUENCES
 from tests.helpers import assert_rejects_hyperparameter, build_model, padded_batch
 
-CAUSAL_MODELS = [CausalELASTIC, CausalSASRec]
+CAUSAL_MODELS = [CausalELASTIC, CausalSASRec, CausalLinRec]
 WIDTH = 10
 
 
@@ -156,9 +156,10 @@ def test_causal_models_on_a_gpu_equal_the_cpu(model_class):
         assert torch.allclose(on_gpu, on_cpu, atol=1e-4)
 
 
-def test_causal_sasrec_position_t_equals_the_history_truncated_at_t():
+@pytest.mark.parametrize("model_class", CAUSAL_MODELS)
+def test_position_t_equals_the_history_truncated_at_t(model_class):
     torch.manual_seed(0)
-    model = build_model(CausalSASRec, max_len=WIDTH).eval()
+    model = build_model(model_class, max_len=WIDTH, causal_chunk_size=3).eval()
     batch = padded_batch(SEQUENCES, WIDTH)
     with torch.no_grad():
         full = model.forward_all_positions(batch["item_id_list"], batch["item_length"])

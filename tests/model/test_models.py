@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recbole_elastic.model import ELASTIC, LinRec
+from recbole_elastic.model import ELASTIC, CausalLinRec, LinRec
 
 from tests.helpers import PADDING_SEQUENCES as SEQUENCES
 from tests.helpers import (
@@ -23,12 +23,13 @@ from tests.model import reference
 
 MODELS = [ELASTIC, LinRec]
 # Every model variant whose forward differs: ELASTIC with and without its interest memory, LinRec with its
-# padding masked (default) and let in as in the authors' code.
+# padding masked (default) and let in as in the authors' code, and CausalLinRec (its chunks smaller than WIDTH).
 VARIANTS = {
     "ELASTIC": (ELASTIC, {}),
     "ELASTIC-shared-interests": (ELASTIC, {"use_interest_memory": False}),
     "LinRec": (LinRec, {}),
     "LinRec-include-padding": (LinRec, {"include_padding": True}),
+    "CausalLinRec": (CausalLinRec, {"causal_chunk_size": 3}),
 }
 # The items each SEQUENCES user goes on to (none is the user's first history item) and a negative for BPR.
 POSITIVES = torch.tensor([8, 10, 12, 14])

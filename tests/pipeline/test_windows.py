@@ -190,8 +190,8 @@ def test_valid_and_test_stay_recbole_samples(tiny_data):
         assert_same_samples(ours._dataset.inter_feat, theirs._dataset.inter_feat)
 
 
-def test_all_positions_run_trains_both_causal_models(tiny_data):
-    for model in ("CausalELASTIC", "CausalSASRec"):
+def test_all_positions_run_trains_every_causal_model(tiny_data):
+    for model in ("CausalELASTIC", "CausalSASRec", "CausalLinRec"):
         result = run(model, "tiny", config_dict=tiny_run_config(tiny_data, train_window_stride=3), saved=False)
         assert np.isfinite(result["best_valid_score"]) and result["epochs"] == 1
 
