@@ -64,6 +64,35 @@ def test_the_readout_sees_only_the_items_up_to_it_when_later_items_follow():
     assert torch.allclose(readout, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk_positions", [1, 10, 25, 10_000])
+def test_evaluation_in_chunks_of_positions_gives_the_one_pass_scores(chunk_positions):
+    # 1 and 10 positions: one user per chunk (N = 10); 25: chunks of 2 users and a last one of 1; 10,000: one pass.
+    torch.manual_seed(0)
+    model = randomise_biases_and_gains(
+        build_model(CausalELASTIC, max_len=10, inference_chunk_positions=chunk_positions)
+    )
+    item_seq = torch.randint(1, 30, (5, 10), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([1, 4, 7, 10, 3])
+    with torch.no_grad():
+        expected = reference.causal_elastic_all_positions(model, item_seq)[torch.arange(5), lengths - 1]
+        assert torch.allclose(model.forward(item_seq, lengths), expected, atol=1e-5)
+
+
+def test_evaluation_memory_is_bounded_by_the_chunk_and_training_is_one_pass():
+    # Eval mode: with 2 users' positions per chunk the largest tensor is a fifth of the one-pass size (10 users);
+    # training mode keeps one pass (chunks would change BatchNorm's batch statistics).
+    torch.manual_seed(0)
+    item_seq = torch.randint(1, 30, (10, 10), generator=torch.Generator().manual_seed(0))
+    lengths = torch.full((10,), 10)
+    largest = {}
+    for chunk_positions, training in ((20, False), (100, False), (20, True)):
+        model = build_model(CausalELASTIC, max_len=10, inference_chunk_positions=chunk_positions).train(training)
+        with torch.no_grad(), LargestTensor() as probe:
+            model.forward(item_seq, lengths)
+        largest[chunk_positions, training] = probe.largest
+    assert largest[100, False] == largest[20, True] == 5 * largest[20, False]
+
+
 def block_inputs(lengths=(6, 9), k=3, hidden=16):
     torch.manual_seed(1)
     width = max(lengths)
@@ -245,6 +274,7 @@ def test_last_position_retrieves_what_elastic_retrieves():
         ("causal_chunk_size", 0, "an integer >= 1"),
         ("causal_chunk_size", 2.0, "an integer >= 1"),
         ("causal_interest_ffn", "yes", "True or False"),
+        ("inference_chunk_positions", 0, "an integer >= 1"),
     ],
 )
 def test_bad_hyperparameter_names_causal_elastic_and_the_key(key, value, allowed):
