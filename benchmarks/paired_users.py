@@ -1,6 +1,7 @@
 """Is one saved model better than another on the same test users? A paired comparison over users.
 
-    python benchmarks/paired_users.py CHECKPOINT [CHECKPOINT ...] [--k 10] [--bootstrap 10000] [--seed 0]
+    python benchmarks/paired_users.py CHECKPOINT[,CHECKPOINT...] [CHECKPOINT[,...] ...] [--k 10] [--bootstrap 10000]
+                                      [--seed 0]
 
 One training run gives one test score per model, and a seed-to-seed comparison needs many runs. This script asks
 a cheaper, narrower question of the runs already made: on these test users, is the gap between two trained models
@@ -11,6 +12,10 @@ RecBole's full ranking), then scores each user: NDCG@k = 1/log2(rank+2), Hit@k =
 rank < k, else 0. Every later checkpoint is compared with the first one on NDCG@k: the mean per-user difference,
 a 95% percentile bootstrap interval over users, and the two-sided paired t-test p-value. It prints a Markdown
 table. The result says nothing about seed-to-seed variation of training.
+
+A comma-separated group of checkpoints (one model trained with several seeds) counts as one model whose per-user
+metrics are the means over its checkpoints: the test then asks whether the gap between the seed-averaged models
+exceeds the user-to-user noise.
 """
 
 import argparse
@@ -35,6 +40,13 @@ def per_user_metrics(ranks: np.ndarray, k: int) -> Dict[str, np.ndarray]:
     }
 
 
+def group_metrics(ranks_per_run: List[np.ndarray], k: int) -> Dict[str, np.ndarray]:
+    """Per-user metrics averaged over runs of one model (seeds): ``ranks_per_run`` holds each run's ranks, the
+    users in the same order."""
+    runs = [per_user_metrics(ranks, k) for ranks in ranks_per_run]
+    return {metric: np.mean([run[metric] for run in runs], axis=0) for metric in runs[0]}
+
+
 def bootstrap_interval(differences: np.ndarray, resamples: int, seed: int) -> List[float]:
     """95% percentile interval of the mean of ``differences``, resampling users with replacement."""
     rng = np.random.default_rng(seed)
@@ -48,7 +60,9 @@ def bootstrap_interval(differences: np.ndarray, resamples: int, seed: int) -> Li
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoints", nargs="+", help="saved models; each is compared with the first")
+    parser.add_argument(
+        "checkpoints", nargs="+", help="saved models (a comma-separated group: seeds of one model); each vs the first"
+    )
     parser.add_argument("--k", type=int, default=10, help="cut-off of the per-user metrics (default 10)")
     parser.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
@@ -58,22 +72,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     from recbole_elastic.evaluate import held_out_ranks, read_checkpoint_config
     from recbole_elastic.sweep import paired_p_value
 
+    groups = [group.split(",") for group in args.checkpoints]
     try:
-        names = [read_checkpoint_config(path)["model"] for path in args.checkpoints]
-        ranks_per_checkpoint = [held_out_ranks(path) for path in args.checkpoints]
+        names = [read_checkpoint_config(group[0])["model"] for group in groups]
+        ranks_per_group = [[held_out_ranks(path) for path in group] for group in groups]
     except ElasticError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    users = sorted(ranks_per_checkpoint[0])
-    for path, ranks in zip(args.checkpoints[1:], ranks_per_checkpoint[1:]):
-        if sorted(ranks) != users:
-            print(
-                f"error: {path} was tested on other users than {args.checkpoints[0]}; compare checkpoints of "
-                "the same dataset and split",
-                file=sys.stderr,
-            )
-            return 2
-    metrics = [per_user_metrics(np.array([ranks[u] for u in users]), args.k) for ranks in ranks_per_checkpoint]
+    users = sorted(ranks_per_group[0][0])
+    for group, group_ranks in zip(groups, ranks_per_group):
+        for path, ranks in zip(group, group_ranks):
+            if sorted(ranks) != users:
+                print(
+                    f"error: {path} was tested on other users than {groups[0][0]}; compare checkpoints of "
+                    "the same dataset and split",
+                    file=sys.stderr,
+                )
+                return 2
+    metrics = [
+        group_metrics([np.array([ranks[u] for u in users]) for ranks in group], args.k) for group in ranks_per_group
+    ]
 
     key = f"ndcg@{args.k}"
     print(f"\n{len(users)} test users; differences are per-user {key}, later model minus {names[0]}.\n")
@@ -82,10 +100,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         "paired t-test p |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for i, (name, path, metric) in enumerate(zip(names, args.checkpoints, metrics)):
+    for i, (name, group, metric) in enumerate(zip(names, groups, metrics)):
         means = " | ".join(f"{metric[m].mean():.4f}" for m in (key, f"hit@{args.k}", f"mrr@{args.k}"))
+        path = ", ".join(os.path.basename(path) for path in group)
         if i == 0:
-            print(f"| {name} | {os.path.basename(path)} | {means} | | | |")
+            print(f"| {name} | {path} | {means} | | | |")
             continue
         differences = metric[key] - metrics[0][key]
         low, high = bootstrap_interval(differences, args.bootstrap, args.seed)

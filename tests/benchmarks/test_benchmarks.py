@@ -106,3 +106,26 @@ def test_paired_users_reproduces_each_models_test_metrics(tiny_data, capsys):
 
 def ndcg_at_10(rank: int) -> float:
     return 1 / math.log2(rank + 2) if rank < 10 else 0.0
+
+
+def test_paired_users_averages_a_group_of_seeds_per_user(tiny_data, capsys):
+    elastic = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data))
+    seeds = [run("SASRec", "tiny", config_dict=tiny_run_config(tiny_data, seed=seed)) for seed in (1, 2)]
+    paired_users = load_benchmark("paired_users")
+    group = ",".join(trained["model_file"] for trained in seeds)
+    assert paired_users.main([elastic["model_file"], group, "--bootstrap", "200"]) == 0
+    sasrec_row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| SASRec")][0]
+    cells = [cell.strip() for cell in sasrec_row.strip("|").split("|")]
+    # the group's per-user NDCG@10 is the mean over its two runs, so its mean is the mean of their test scores
+    seed_mean = statistics.fmean(trained["test_result"]["ndcg@10"] for trained in seeds)
+    assert abs(float(cells[2]) - seed_mean) <= 1.5e-4
+    assert abs(float(cells[5]) - (seed_mean - elastic["test_result"]["ndcg@10"])) <= 1.5e-4
+    # and the paired t-test is over per-user differences from the seed-averaged NDCG@10
+    elastic_ranks = held_out_ranks(elastic["model_file"])
+    seed_ranks = [held_out_ranks(trained["model_file"]) for trained in seeds]
+    differences = [
+        statistics.fmean(ndcg_at_10(ranks[u]) for ranks in seed_ranks) - ndcg_at_10(elastic_ranks[u])
+        for u in elastic_ranks
+    ]
+    t = statistics.fmean(differences) / (statistics.stdev(differences) / math.sqrt(len(differences)))
+    assert float(cells[7]) == pytest.approx(2 * stats.t.sf(abs(t), len(differences) - 1), abs=5e-4)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One ml-1m accuracy run of issue 17's protocol (benchmarks/configs/ml-1m.yaml, N=200 unless a flag says otherwise).
+#   bash benchmarks/ml1m_trial.sh NAME MODEL [--key=value ...]
+# Results go to benchmarks/results/ml-1m-trials/NAME, the best checkpoint to $CHECKPOINT_DIR (outside the repository;
+# benchmarks/paired_users.py compares them). EPOCHS (default 4, the CPU budget), SEEDS (default 2020) and DATA_PATH
+# can be set from the environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+name="$1"; model="$2"; shift 2
+python run_recbole_elastic.py --model="$model" --dataset=ml-1m --config_files=benchmarks/configs/ml-1m.yaml \
+  --data_path="${DATA_PATH:-../shared/data}" --gpu_id= --epochs="${EPOCHS:-4}" --seeds="${SEEDS:-2020}" \
+  --checkpoint_dir="${CHECKPOINT_DIR:-/tmp/recbole-elastic-checkpoints}" \
+  --output_dir="benchmarks/results/ml-1m-trials/$name" "$@"
