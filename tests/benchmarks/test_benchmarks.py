@@ -129,3 +129,36 @@ def test_paired_users_averages_a_group_of_seeds_per_user(tiny_data, capsys):
     ]
     t = statistics.fmean(differences) / (statistics.stdev(differences) / math.sqrt(len(differences)))
     assert float(cells[7]) == pytest.approx(2 * stats.t.sf(abs(t), len(differences) - 1), abs=5e-4)
+
+
+def write_sweep(directory, model, runs):
+    """A sweep's results.json with ``runs`` as (seed, best valid, test NDCG@10) triples."""
+    os.makedirs(directory)
+    rows = [
+        {
+            "seed": seed,
+            "model": model,
+            "best_valid_score": valid,
+            "valid_curve": [valid],
+            "epochs": 1,
+            "epoch_seconds": [1.0],
+            "model_file": f"{model}-{seed}.pth",
+            "test_result": {metric: test for metric in ("ndcg@10", "hit@10", "mrr@10", "ndcg@20", "hit@20", "mrr@20")},
+        }
+        for seed, valid, test in runs
+    ]
+    with open(os.path.join(directory, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"rows": [{"runs": rows}]}, f)
+
+
+def test_ml1m_report_chooses_on_validation_and_pools_the_seeds(tmp_path, capsys):
+    write_sweep(tmp_path / "A-lr", "A", [(2020, 0.30, 0.10)])
+    write_sweep(tmp_path / "A-dropout", "A", [(2020, 0.40, 0.05)])  # best on validation, worse on test: chosen
+    write_sweep(tmp_path / "A-dropout-seeds", "A", [(2021, 0.41, 0.07), (2022, 0.39, 0.09)])
+    write_sweep(tmp_path / "B-defaults", "B", [(2020, 0.20, 0.04)])
+    assert load_benchmark("ml1m_report").main(["--results", str(tmp_path), "--reference", "B"]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.count("|") > 10}
+    cells = [cell.strip() for cell in rows["A"].strip("|").split("|")]
+    assert cells[1:3] == ["A-dropout", "2020,2021,2022"]
+    assert cells[3] == "0.0700 ± 0.0200"  # mean and sample std of 0.05, 0.07, 0.09
+    assert cells[-1] == "1.750"  # 0.07 / 0.04
