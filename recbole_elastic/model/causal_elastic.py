@@ -29,6 +29,11 @@ it matters; the rest of ELASTIC's docstring holds):
   The result is added to position t's own interest states (residual, LayerNorm, then ELASTIC's position-wise FFN
   unless ``causal_interest_ffn`` is False), so the retrieved tokens carry over from block to block as in ELASTIC,
   one set per position.
+* Recency (``causal_recency_bias``, off by default): position-independent queries cannot tell the last items
+  from older ones (absolute positions say nothing about distance to t), where SASRec's query at t can. With it,
+  each aggregate query gets a learned ALiBi-style slope, scoring key s at position t with ``- slope * (t - s)``;
+  softmax cancels the ``t`` part, so it is a per-key bias ``slope * s`` and stays linear and streamable (see
+  ``PrefixAggregation``).
 * Dispatch: position t attends to its own k interest states (ELASTIC's dispatch, per position).
 * Attention dropout in the aggregate drops a key's value term for all later positions together (one mask per key
   and query): a mask per (position, key) pair would be an N x N tensor.
@@ -86,6 +91,7 @@ def check_hyperparameters(config) -> None:
     checker = HyperparameterChecker("CausalELASTIC", config)
     checker.require("causal_chunk_size", checker.is_int("causal_chunk_size", 1), "an integer >= 1")
     checker.require_bool("causal_interest_ffn")
+    checker.require_bool("causal_recency_bias")
     checker.require("inference_chunk_positions", checker.is_int("inference_chunk_positions", 1), "an integer >= 1")
 
 
@@ -113,6 +119,7 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
             chunk_size=config["causal_chunk_size"],
             initializer_range=self.initializer_range,
             interest_ffn=config["causal_interest_ffn"],
+            recency_bias=config["causal_recency_bias"],
         )
 
     def embed_input(self, item_seq: torch.Tensor) -> torch.Tensor:
@@ -179,7 +186,7 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
             interests = self.shared_interests.unsqueeze(0).expand(item.size(0), -1, -1)
         running = []
         for block, block_running in zip(self.dispatcher_blocks, state.running):
-            item, interests, block_running = block.step(item, interests, block_running)
+            item, interests, block_running = block.step(item, interests, block_running, state.length)
             running.append(block_running)
         return StreamState(length=length, embedding_sum=embedding_sum, running=running, output=item)
 

@@ -71,6 +71,14 @@ class PrefixAggregation(CrossAttention):
 
     With ``readout_index`` ([B]) only that position's interests are computed (an ordinary masked softmax over the
     positions up to it): the last block of a model that reads one position out needs nothing else.
+
+    With ``n_recency_queries`` (``recency_bias``), each head's query q gets a learned recency slope ``lambda_q``:
+    position t's softmax over the keys s <= t scores them ``q . k_s / sqrt(d) - lambda_q * (t - s)`` (ALiBi's
+    linear bias, Press et al. 2022), so a query with a large slope reads the last few items and one with a slope
+    near 0 the whole prefix. The ``- lambda_q * t`` term is the same for every key of position t, so softmax
+    drops it: the score is ``q . k_s / sqrt(d) + lambda_q * s``, still position-independent, and the running
+    softmax stays exact and linear. Slopes start geometric, ``2^0 .. 2^-(k-1)`` over the k queries (every head
+    alike): horizons of about 1 to 2^(k-1) items.
     """
 
     def __init__(
@@ -81,9 +89,19 @@ class PrefixAggregation(CrossAttention):
         attn_dropout_prob: float,
         layer_norm_eps: float,
         chunk_size: int,
+        n_recency_queries: Optional[int] = None,
     ) -> None:
         super().__init__(hidden_size, n_heads, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps)
         self.chunk_size = chunk_size
+        self.recency_slopes = None
+        if n_recency_queries is not None:
+            slopes = 2.0 ** -torch.arange(n_recency_queries, dtype=torch.float)
+            self.recency_slopes = nn.Parameter(slopes.expand(n_heads, -1).clone())  # [h k]
+
+    def recency_scores(self, positions: torch.Tensor) -> torch.Tensor:
+        """``lambda_q * s`` for keys at ``positions`` ``[..., N]`` -> ``[..., h, k, N]`` (see the class docstring)."""
+        positions = positions.to(self.recency_slopes.dtype).unsqueeze(-2).unsqueeze(-2)  # [... 1 1 N]
+        return self.recency_slopes.unsqueeze(-1) * positions
 
     def forward(
         self,
@@ -101,9 +119,11 @@ class PrefixAggregation(CrossAttention):
         key = self.split_heads(self.key(sequence))  # [B h N d]
         value = self.split_heads(self.value(sequence))
         scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(self.head_size)  # [B h k N]
+        positions = torch.arange(length, device=sequence.device)
+        if self.recency_slopes is not None:
+            scores = scores + self.recency_scores(positions)
         visible = sequence_mask
         if readout_index is not None:
-            positions = torch.arange(length, device=sequence.device)
             visible = visible & (positions.unsqueeze(0) <= readout_index.unsqueeze(1))
         scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
         value_keep = None
@@ -125,11 +145,13 @@ class PrefixAggregation(CrossAttention):
         interests: torch.Tensor,
         item: torch.Tensor,
         running: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        position: torch.Tensor,
     ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Streaming: fold one more position into the running softmax and return that position's interests.
 
-        ``item`` ``[B, H]`` is the block's input at the new position, ``interests`` ``[B, k, H]`` its interest states
-        from the block before, ``running`` the prefix's (max ``[B, h, k, 1]``, sum of exp(score - max)
+        ``item`` ``[B, H]`` is the block's input at the new position ``position`` ``[B]`` (0-based: the recency
+        bias needs it), ``interests`` ``[B, k, H]`` its interest states from the block before, ``running`` the
+        prefix's (max ``[B, h, k, 1]``, sum of exp(score - max)
         ``[B, h, k, 1]``, sum of exp(score - max) * value ``[B, h, k, d]``). Returns the updated interests and the
         running state with the new position folded in: the same sums as :func:`prefix_softmax_attention`'s
         carried state, so the result equals ``forward`` at that position (inference: no dropout).
@@ -140,6 +162,8 @@ class PrefixAggregation(CrossAttention):
         key = self.key(item).view(batch, self.n_heads, 1, self.head_size)  # [B h 1 d]
         value = self.value(item).view(batch, self.n_heads, 1, self.head_size)
         score = (query.unsqueeze(0) * key).sum(-1, keepdim=True) / math.sqrt(self.head_size)  # [B h k 1]
+        if self.recency_slopes is not None:
+            score = score + self.recency_scores(position.unsqueeze(-1))
         running_max, running_sum, numerator = running
         new_max = torch.maximum(running_max, score)
         decay = (running_max - new_max).exp()  # 0 before the first position (max -inf)
@@ -154,9 +178,9 @@ class PrefixAggregation(CrossAttention):
 class CausalDispatcherBlock(nn.Module):
     """One causal LDA block. Position t carries its own k interest states, which depend on positions <= t only:
 
-    * aggregate (:class:`PrefixAggregation`): k learned, position-independent queries attend to the prefix up to t;
-      the result updates position t's interest states (residual, LayerNorm, then a position-wise FFN unless
-      ``interest_ffn`` is False);
+    * aggregate (:class:`PrefixAggregation`): k learned, position-independent queries attend to the prefix up to t
+      (each with a learned recency slope if ``recency_bias``); the result updates position t's interest states
+      (residual, LayerNorm, then a position-wise FFN unless ``interest_ffn`` is False);
     * dispatch: position t attends to its own k interest states (as ELASTIC's dispatch), then a position-wise FFN.
 
     O(N * k * H) memory and O(N * k * (H * inner_size + H * chunk_size)) time: no N x N tensor.
@@ -175,13 +199,20 @@ class CausalDispatcherBlock(nn.Module):
         chunk_size: int,
         initializer_range: float,
         interest_ffn: bool = True,
+        recency_bias: bool = False,
     ) -> None:
         super().__init__()
         ffn_args = (hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
         self.interest_queries = nn.Parameter(torch.empty(n_interests, hidden_size))
         nn.init.normal_(self.interest_queries, mean=0.0, std=initializer_range)
         self.aggregate = PrefixAggregation(
-            hidden_size, n_heads, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps, chunk_size
+            hidden_size,
+            n_heads,
+            hidden_dropout_prob,
+            attn_dropout_prob,
+            layer_norm_eps,
+            chunk_size,
+            n_recency_queries=n_interests if recency_bias else None,
         )
         # The FFN on every position's k interest states is most of the block's work (k x a SASRec layer's FFN).
         self.aggregate_ffn = FusedFeedForward(*ffn_args) if interest_ffn else nn.Identity()
@@ -235,11 +266,13 @@ class CausalDispatcherBlock(nn.Module):
         item: torch.Tensor,
         interests: torch.Tensor,
         running: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        position: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Streaming: the block at one new position. ``item`` ``[B, H]`` (the block's input there), ``interests``
-        ``[B, k, H]`` (that position's, from the block before), ``running`` (the aggregate's prefix state) -> the
-        block's output ``[B, H]``, the position's interests and the running state including the position."""
-        interests, running = self.aggregate.step(self.interest_queries, interests, item, running)
+        """Streaming: the block at one new position ``position`` ``[B]``. ``item`` ``[B, H]`` (the block's input
+        there), ``interests`` ``[B, k, H]`` (that position's, from the block before), ``running`` (the aggregate's
+        prefix state) -> the block's output ``[B, H]``, the position's interests and the running state including
+        the position."""
+        interests, running = self.aggregate.step(self.interest_queries, interests, item, running, position)
         interests = self.aggregate_ffn(interests)
         output = self.dispatch_ffn(self.dispatch(item.unsqueeze(1), interests)).squeeze(1)
         return output, interests, running

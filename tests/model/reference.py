@@ -20,10 +20,10 @@ def layer_norm(x, norm):
     return F.layer_norm(x, (x.size(-1),), norm.weight, norm.bias, norm.eps)
 
 
-def attention_heads(attention, queries, context, context_mask=None, keep=None):
-    """Per head, softmax(q_h k_h^T / sqrt(d)) over the unmasked context, each weight times ``keep``
-    ``[B, heads, Q, C]`` if given (attention dropout's keep factors), times v_h; the heads concatenated
-    ``[B, Q, H]``, before the output projection."""
+def attention_heads(attention, queries, context, context_mask=None, keep=None, bias=None):
+    """Per head, softmax(q_h k_h^T / sqrt(d) + bias_h) over the unmasked context (``bias`` ``[heads, Q, C]`` if
+    given), each weight times ``keep`` ``[B, heads, Q, C]`` if given (attention dropout's keep factors), times v_h;
+    the heads concatenated ``[B, Q, H]``, before the output projection."""
     heads = attention.n_heads
     batch_size, n_queries, hidden = queries.shape
     d = hidden // heads
@@ -32,6 +32,8 @@ def attention_heads(attention, queries, context, context_mask=None, keep=None):
     for h in range(heads):
         part = slice(h * d, (h + 1) * d)
         scores = q_all[..., part] @ k_all[..., part].transpose(1, 2) / math.sqrt(d)  # [B, Q, C]
+        if bias is not None:
+            scores = scores + bias[h]
         if context_mask is not None:
             scores = scores.masked_fill(~context_mask[:, None, :], float("-inf"))
         weights = torch.softmax(scores, dim=-1)
@@ -165,13 +167,18 @@ def causal_aggregate(aggregate, queries, interests, sequence, mask, keep=None):
     """CausalELASTIC's aggregate at every position t, one prefix at a time: the k position-independent queries
     ``[k, H]`` attend with softmax to ``sequence[:, :t + 1]`` (padding masked; ``keep`` ``[B, heads, k, N]``
     scales each key's weight), the result goes through the output projection and is added to position t's own
-    interests ``interests[:, t]``, then LayerNorm. ``interests`` ``[B, N, k, H]`` -> ``[B, N, k, H]``."""
+    interests ``interests[:, t]``, then LayerNorm. ``interests`` ``[B, N, k, H]`` -> ``[B, N, k, H]``. With
+    recency slopes, key s's score at position t is lowered by slope * (t - s), as ALiBi writes it."""
     batch_size, length = mask.shape
     queries = queries.expand(batch_size, -1, -1)
     out = torch.zeros_like(interests)
     for t in range(length):
         prefix_keep = None if keep is None else keep[..., : t + 1]
-        attended = attention_heads(aggregate, queries, sequence[:, : t + 1], mask[:, : t + 1], prefix_keep)
+        bias = None
+        if aggregate.recency_slopes is not None:
+            distance = t - torch.arange(t + 1, dtype=torch.float)  # [t + 1]
+            bias = -aggregate.recency_slopes.unsqueeze(-1) * distance  # [heads, k, t + 1]
+        attended = attention_heads(aggregate, queries, sequence[:, : t + 1], mask[:, : t + 1], prefix_keep, bias)
         out[:, t] = layer_norm(interests[:, t] + aggregate.dense(attended), aggregate.LayerNorm)
     return out
 

@@ -26,9 +26,19 @@ def all_positions(model, sequences, width):
         return model.forward_all_positions(batch["item_id_list"], batch["item_length"])
 
 
-@pytest.mark.parametrize("use_interest_memory", [True, False])
-@pytest.mark.parametrize("interest_ffn", [True, False])
-def test_every_position_and_the_readout_equal_the_direct_computation(use_interest_memory, interest_ffn):
+def randomise_recency_slopes(model):
+    """Every block's recency slopes different per head and query (their initial values repeat over heads)."""
+    with torch.no_grad():
+        for block in model.dispatcher_blocks:
+            block.aggregate.recency_slopes.uniform_(-0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize(
+    "use_interest_memory, interest_ffn, recency_bias",
+    [(True, True, False), (True, False, False), (False, True, False), (False, False, False), (True, True, True)],
+)
+def test_every_position_and_the_readout_equal_the_direct_computation(use_interest_memory, interest_ffn, recency_bias):
     # reference.causal_elastic_all_positions: one ordinary softmax per prefix, the memory scored over all slots
     torch.manual_seed(0)
     model = build_model(
@@ -37,8 +47,11 @@ def test_every_position_and_the_readout_equal_the_direct_computation(use_interes
         causal_chunk_size=3,
         use_interest_memory=use_interest_memory,
         causal_interest_ffn=interest_ffn,
+        causal_recency_bias=recency_bias,
     )
     model = randomise_biases_and_gains(model)
+    if recency_bias:
+        model = randomise_recency_slopes(model)
     batch = padded_batch(SEQUENCES, 10)
     lengths = batch["item_length"]
     with torch.no_grad():
@@ -51,11 +64,15 @@ def test_every_position_and_the_readout_equal_the_direct_computation(use_interes
     assert torch.allclose(readout, expected[torch.arange(len(SEQUENCES)), lengths - 1], atol=1e-5)
 
 
-def test_the_readout_sees_only_the_items_up_to_it_when_later_items_follow():
+@pytest.mark.parametrize("recency_bias", [False, True])
+def test_the_readout_sees_only_the_items_up_to_it_when_later_items_follow(recency_bias):
     # forward reads position item_seq_len - 1 of the causal model, whatever follows it: the last block's aggregate
     # must hide the later positions, not only padding.
     torch.manual_seed(0)
-    model = randomise_biases_and_gains(build_model(CausalELASTIC, max_len=10, causal_chunk_size=4))
+    model = build_model(CausalELASTIC, max_len=10, causal_chunk_size=4, causal_recency_bias=recency_bias)
+    model = randomise_biases_and_gains(model)
+    if recency_bias:
+        model = randomise_recency_slopes(model)
     item_seq = torch.randint(1, 30, (4, 10), generator=torch.Generator().manual_seed(0))
     lengths = torch.tensor([1, 4, 7, 10])
     with torch.no_grad():
@@ -143,6 +160,33 @@ def test_aggregate_attention_dropout_scales_each_keys_weight_in_training_mode():
     assert not torch.allclose(expected, without_dropout, atol=1e-3)  # the test means something
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.allclose(readout, expected[rows, readout_index], atol=1e-5)
+
+
+def test_recency_slopes_start_geometric_and_learn():
+    torch.manual_seed(0)
+    model = build_model(CausalELASTIC, max_len=10, n_interests=4, causal_recency_bias=True).train()
+    for block in model.dispatcher_blocks:
+        assert torch.equal(block.aggregate.recency_slopes, torch.tensor([[1.0, 0.5, 0.25, 0.125]] * 2))
+    batch = padded_batch(SEQUENCES, 10)
+    batch.interaction["item_id"] = torch.tensor([1, 2, 3, 4])
+    model.calculate_loss(batch).backward()
+    for block in model.dispatcher_blocks:
+        assert block.aggregate.recency_slopes.grad.abs().min() > 0
+    assert build_model(CausalELASTIC).dispatcher_blocks[0].aggregate.recency_slopes is None  # off by default
+
+
+def test_a_large_recency_slope_reads_the_last_item_only():
+    # With one query per head and a slope of 60, position t's aggregate is (almost) the value of item t alone.
+    torch.manual_seed(0)
+    aggregate = PrefixAggregation(16, 2, 0.0, 0.0, 1e-12, chunk_size=3, n_recency_queries=1).eval()
+    with torch.no_grad():
+        aggregate.recency_slopes.fill_(60.0)
+    sequence = torch.randn(2, 7, 16)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    with torch.no_grad():
+        updated = aggregate(torch.randn(1, 16), torch.zeros(2, 7, 1, 16), sequence, mask)
+        last_only = aggregate.LayerNorm(aggregate.dense(aggregate.value(sequence))).unsqueeze(2)
+    assert torch.allclose(updated, last_only, atol=1e-4)
 
 
 def test_interest_queries_initialisation():
@@ -275,6 +319,7 @@ def test_last_position_retrieves_what_elastic_retrieves():
         ("causal_chunk_size", 2.0, "an integer >= 1"),
         ("causal_interest_ffn", "yes", "True or False"),
         ("inference_chunk_positions", 0, "an integer >= 1"),
+        ("causal_recency_bias", 1, "True or False"),
     ],
 )
 def test_bad_hyperparameter_names_causal_elastic_and_the_key(key, value, allowed):
@@ -306,11 +351,19 @@ def test_the_stream_state_of_users_without_events():
     assert torch.equal(model.stream_scores(state), torch.zeros(3, 30))  # no event yet: every item scores 0
 
 
-@pytest.mark.parametrize("use_interest_memory", [True, False])
-def test_streaming_equals_the_full_forward_within_the_position_table(use_interest_memory):
+@pytest.mark.parametrize("use_interest_memory, recency_bias", [(True, False), (False, False), (True, True)])
+def test_streaming_equals_the_full_forward_within_the_position_table(use_interest_memory, recency_bias):
     torch.manual_seed(0)
-    model = build_model(CausalELASTIC, max_len=10, causal_chunk_size=4, use_interest_memory=use_interest_memory)
+    model = build_model(
+        CausalELASTIC,
+        max_len=10,
+        causal_chunk_size=4,
+        use_interest_memory=use_interest_memory,
+        causal_recency_bias=recency_bias,
+    )
     model.eval()
+    if recency_bias:
+        model = randomise_recency_slopes(model)
     sequences = [[3, 5, 7, 1, 9, 2, 8], [11, 4, 4, 9, 21, 13, 6], [1, 2, 3, 4, 5, 6, 7]]
     outputs, state = stream(model, sequences)
     assert torch.allclose(outputs, all_positions(model, sequences, 10)[:, :7], atol=1e-5)
@@ -319,9 +372,12 @@ def test_streaming_equals_the_full_forward_within_the_position_table(use_interes
     assert torch.allclose(model.stream_scores(state), scores, atol=1e-5)
 
 
-def test_streaming_past_the_position_table_equals_the_full_forward_over_the_whole_history():
+@pytest.mark.parametrize("recency_bias", [False, True])
+def test_streaming_past_the_position_table_equals_the_full_forward_over_the_whole_history(recency_bias):
     torch.manual_seed(0)
-    model = build_model(CausalELASTIC, max_len=6, causal_chunk_size=4).eval()
+    model = build_model(CausalELASTIC, max_len=6, causal_chunk_size=4, causal_recency_bias=recency_bias).eval()
+    if recency_bias:
+        model = randomise_recency_slopes(model)
     generator = torch.Generator().manual_seed(0)
     sequences = torch.randint(1, 30, (3, 25), generator=generator).tolist()
     outputs, state = stream(model, sequences)
