@@ -3,8 +3,9 @@ on validation, and the final comparison over seeds.
 
     python benchmarks/ml1m_report.py [--results benchmarks/results/ml-1m-trials] [--reference CausalSASRec]
 
-Each run directory holds a sweep's ``results.json``. A directory ``NAME-seeds`` holds more seeds of trial ``NAME``
-(same settings, other ``--seeds``); every other directory is a tuning trial. A model's configuration is its trial
+Each run directory holds a sweep's ``results.json``. A directory ``NAME-seeds...`` (``NAME-seeds``,
+``NAME-seeds-2022``, ...) holds more seeds of trial ``NAME`` (same settings, other ``--seeds``); every other
+directory is a tuning trial. A model's configuration is its trial
 with the best validation NDCG@10 (seed 2020); its final row pools that trial's run with the runs of
 ``NAME-seeds``: test metrics as mean ± std over seeds, and the ratio of each model's mean test NDCG@10 to the
 ``--reference`` model's. Prints Markdown; the per-user paired test is ``benchmarks/paired_users.py`` on the
@@ -38,7 +39,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     names = sorted(d for d in os.listdir(args.results) if os.path.isfile(os.path.join(args.results, d, "results.json")))
-    trials = {name: read_runs(os.path.join(args.results, name)) for name in names if not name.endswith("-seeds")}
+    trials = {name: read_runs(os.path.join(args.results, name)) for name in names if "-seeds" not in name}
     trials = {name: runs for name, runs in trials.items() if runs}
 
     print("## Tuning trials (seed 2020; chosen on validation NDCG@10)\n")
@@ -63,9 +64,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     pooled = {}
     for model, name in sorted(chosen.items()):
         runs = list(trials[name])
-        seeds_dir = os.path.join(args.results, name + "-seeds")
-        if os.path.isfile(os.path.join(seeds_dir, "results.json")):
-            runs += read_runs(seeds_dir)
+        for seeds_dir in (other for other in names if other.startswith(name + "-seeds")):
+            runs += read_runs(os.path.join(args.results, seeds_dir))
         pooled[model] = runs
     reference = pooled.get(args.reference)
     for model, runs in pooled.items():

@@ -154,7 +154,8 @@ def write_sweep(directory, model, runs):
 def test_ml1m_report_chooses_on_validation_and_pools_the_seeds(tmp_path, capsys):
     write_sweep(tmp_path / "A-lr", "A", [(2020, 0.30, 0.10)])
     write_sweep(tmp_path / "A-dropout", "A", [(2020, 0.40, 0.05)])  # best on validation, worse on test: chosen
-    write_sweep(tmp_path / "A-dropout-seeds", "A", [(2021, 0.41, 0.07), (2022, 0.39, 0.09)])
+    write_sweep(tmp_path / "A-dropout-seeds", "A", [(2021, 0.41, 0.07)])
+    write_sweep(tmp_path / "A-dropout-seeds-2022", "A", [(2022, 0.39, 0.09)])  # a seed run in parallel
     write_sweep(tmp_path / "B-defaults", "B", [(2020, 0.20, 0.04)])
     assert load_benchmark("ml1m_report").main(["--results", str(tmp_path), "--reference", "B"]) == 0
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.count("|") > 10}
