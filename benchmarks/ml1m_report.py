@@ -5,11 +5,10 @@ on validation, and the final comparison over seeds.
 
 Each run directory holds a sweep's ``results.json``. A directory ``NAME-seeds...`` (``NAME-seeds``,
 ``NAME-seeds-2022``, ...) holds more seeds of trial ``NAME`` (same settings, other ``--seeds``); every other
-directory is a tuning trial. A model's configuration is its trial
-with the best validation NDCG@10 (seed 2020); its final row pools that trial's run with the runs of
-``NAME-seeds``: test metrics as mean ± std over seeds, and the ratio of each model's mean test NDCG@10 to the
-``--reference`` model's. Prints Markdown; the per-user paired test is ``benchmarks/paired_users.py`` on the
-checkpoints this lists.
+directory is a tuning trial. A model's configuration is its trial with the best validation NDCG@10 (seed 2020);
+its final row pools that trial's run with the runs of every ``NAME-seeds...`` directory: test metrics as mean ±
+std over seeds, and the ratio of each model's mean test NDCG@10 to the ``--reference`` model's. Prints
+Markdown; the per-user paired test is ``benchmarks/paired_users.py`` on the checkpoints this lists.
 """
 
 import argparse
