@@ -38,7 +38,7 @@ class Tiny(nn.Module):
         super().__init__()
         torch.manual_seed(0)  # the same initial weights on every rank
         self.memory = ProductKeyInterestMemory(
-            HIDDEN, 2, 16, 2, 8, query_batchnorm=False, initializer_range=0.5, sparse=True
+            HIDDEN, 2, 16, 2, 8, query_norm="none", initializer_range=0.5, sparse=True
         )
         self.head = nn.Linear(HIDDEN, 1)
 

@@ -17,7 +17,7 @@ import importlib
 import os
 import pickle
 from logging import getLogger
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -289,6 +289,15 @@ def check_window_settings(config) -> None:
             "train_all_positions needs a model that scores every position causally (CausalELASTIC, CausalSASRec, "
             f"CausalLinRec); {model} reads one position per sample. Set train_all_positions=False for it."
         )
+    eval_args = config["eval_args"] or {}
+    order, group_by = eval_args.get("order"), eval_args.get("group_by")
+    if order != "TO" or group_by != "user":
+        # Windows are cut from each user's training samples, which must then be prefixes in time order.
+        raise ConfigError(
+            "train_all_positions cuts each user's training interactions, in time order, into windows: it needs "
+            f"eval_args with order: TO and group_by: user (RecBole's defaults), not order: {order}, group_by: "
+            f"{group_by}. Set them in eval_args, or train_all_positions=False."
+        )
     max_len = config["MAX_ITEM_LIST_LENGTH"]
     stride = window_stride(config)
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= max_len:
@@ -305,10 +314,15 @@ def check_window_settings(config) -> None:
             )
 
 
-def window_end_samples(user_ids: np.ndarray, max_len: int, stride: int) -> np.ndarray:
+def window_end_samples(user_ids: np.ndarray, max_len: int, stride: int) -> Tuple[np.ndarray, np.ndarray]:
     """Which training samples end a window, as positions in ``user_ids`` (the split's samples, each user's in time
-    order): each user's last sample, then every ``stride``-th one before it, down to the first window that reaches
-    back to the user's first training target. With ``stride == max_len`` every target falls in exactly one window."""
+    order), and the first position of each window that has a loss.
+
+    Each user's last sample ends a window, then every ``stride``-th one before it, down to the first window that
+    reaches back to the user's first training target. That first window has a loss at every position; every later
+    one only at its last ``stride`` positions, the targets the window before did not predict. So every training
+    target is predicted exactly once, with at least ``max_len - stride`` items of context unless the user has fewer.
+    """
     order = np.argsort(user_ids, kind="stable")  # each user's samples together, still in time order
     sorted_users = user_ids[order]
     starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
@@ -318,7 +332,11 @@ def window_end_samples(user_ids: np.ndarray, max_len: int, stride: int) -> np.nd
     # A window ending at rank j covers ranks j - max_len + 1 .. j; the one ending at j + stride reached rank 0
     # already when j + stride < max_len.
     keep = (from_last % stride == 0) & ((from_last == 0) | (rank + stride >= max_len))
-    return np.sort(order[keep])
+    # The window ending at rank j reaches rank 0 when j < max_len: the user's first window. Any later one is full
+    # (max_len positions) and its first max_len - stride targets belong to the window before.
+    loss_start = np.where(rank < max_len, 0, max_len - stride)
+    by_position = np.argsort(order[keep], kind="stable")
+    return order[keep][by_position], loss_start[keep][by_position]
 
 
 class AllPositionsTrainDataLoader(TrainDataLoader):
@@ -326,11 +344,13 @@ class AllPositionsTrainDataLoader(TrainDataLoader):
 
     A window is the prefix sample of one training target: its history ``x_{e-n} .. x_{e-1}`` (``n`` <= N =
     ``MAX_ITEM_LIST_LENGTH``) is the input sequence, and the next item at every position, ``x_{e-n+1} .. x_e``, the
-    target sequence (``target_item_id_list``, 0 at padding). Each user's last training target ends a window; earlier
-    windows end every ``train_window_stride`` targets before it (default N: windows tile the history, every
-    training target is predicted once per epoch, with between 1 and N items of context), until one reaches back to
-    the user's first item. A history of T training targets gives about T / stride windows, so an epoch costs
-    O(T * N) positions for the model, against RecBole's T samples of N positions each.
+    target sequence (``target_item_id_list``, 0 where there is no loss). Each user's last training target ends a
+    window; earlier windows end every ``train_window_stride`` (S) targets before it, until one reaches back to the
+    user's first item (:func:`window_end_samples`). The user's first window has a loss at every position, every
+    later one at its last S positions only: every training target is predicted once per epoch, with at least
+    N - S items of context (S = N tiles the history: the first targets of a window then see 1, 2, ... items). A
+    history of T training targets gives about T / S windows, so an epoch costs O(T * N / S) positions for the
+    model, against RecBole's T samples of N positions each.
 
     ``train_batch_size`` counts targets, as in RecBole's prefix scheme (one target per sample): a batch holds
     ``train_batch_size // N`` windows (at least one), so the CE logits ``[targets, n_items]`` stay the size they
@@ -347,8 +367,9 @@ class AllPositionsTrainDataLoader(TrainDataLoader):
         self.item_seq_field = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
         self.length_field = config["ITEM_LIST_LENGTH_FIELD"]
         users = dataset.inter_feat[dataset.uid_field].numpy()
-        ends = window_end_samples(users, config["MAX_ITEM_LIST_LENGTH"], window_stride(config))
+        ends, loss_start = window_end_samples(users, config["MAX_ITEM_LIST_LENGTH"], window_stride(config))
         self.window_samples = torch.from_numpy(ends)
+        self.window_loss_start = torch.from_numpy(loss_start)
         self.sample_size = len(self.window_samples)
         NegSampleDataLoader.__init__(self, config, dataset, sampler, shuffle=shuffle)
 
@@ -359,18 +380,22 @@ class AllPositionsTrainDataLoader(TrainDataLoader):
         self.set_batch_size(windows * self.times)
 
     def collate_fn(self, index):
-        windows = self._dataset[self.window_samples[np.array(index)].numpy()]
-        windows.update(Interaction({self.target_field: self.next_items(windows)}))
+        index = np.array(index)
+        windows = self._dataset[self.window_samples[index].numpy()]
+        targets = self.next_items(windows, self.window_loss_start[index])
+        windows.update(Interaction({self.target_field: targets}))
         return self._neg_sampling(self.transform(self._dataset, windows))
 
-    def next_items(self, windows: Interaction) -> torch.Tensor:
-        """``[B, N]``: the item after each position of each window's history (the sample's target after the last)."""
+    def next_items(self, windows: Interaction, loss_start: torch.Tensor) -> torch.Tensor:
+        """``[B, N]``: the item after each position of each window's history (the sample's target after the last),
+        0 (no loss) at padding and before each window's ``loss_start``: those targets belong to an earlier window."""
         item_seq = windows[self.item_seq_field]
         lengths = windows[self.length_field]
         targets = torch.zeros_like(item_seq)
         targets[:, :-1] = item_seq[:, 1:]  # 0 from the last real position on
         targets[torch.arange(len(lengths)), lengths - 1] = windows[self.iid_field]
-        return targets
+        positions = torch.arange(item_seq.size(1))
+        return targets.masked_fill(positions.unsqueeze(0) < loss_start.unsqueeze(1), 0)
 
     def _neg_sampling(self, windows: Interaction) -> Interaction:
         if self.neg_sample_args["distribution"] == "none" or self.neg_sample_args["sample_num"] == "none":

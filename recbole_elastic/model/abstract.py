@@ -1,6 +1,7 @@
 """What the plugin's sequential models share with SASRec: input embedding, initialisation, scoring and losses."""
 
-from typing import Optional
+import functools
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -9,6 +10,24 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 
 from recbole_elastic.model.sampled_softmax import SAMPLED_SOFTMAX, SampledSoftmax
+
+
+def inference(method: Callable) -> Callable:
+    """Run a module's ``method`` as inference whatever mode the module is in: eval mode (no dropout, normalisation
+    on running statistics) and no gradient; the module's mode is restored afterwards. For the streaming methods,
+    which serve, never train."""
+
+    @functools.wraps(method)
+    def in_eval_mode(module: nn.Module, *args, **kwargs):
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                return method(module, *args, **kwargs)
+        finally:
+            module.train(was_training)
+
+    return in_eval_mode
 
 
 class DotProductSequentialRecommender(SequentialRecommender):

@@ -3,7 +3,8 @@
 A causal model's output at position t depends only on the items up to t, so one pass over a user window
 ``x_0 .. x_{n-1}`` yields a prediction for every next item ``x_1 .. x_n`` at once. With ``train_all_positions``
 (``recbole_elastic.windows``) each training sample is such a window: the input sequence (RecBole's
-``item_id_list`` and ``item_length``) and the next item at every position (``target_item_id_list``, 0 at padding),
+``item_id_list`` and ``item_length``) and the next item at every position (``target_item_id_list``; 0 at padding
+and at positions whose target an earlier window predicts),
 plus, for BPR, one sampled negative item per position (``neg_target_item_id_list``).
 """
 
@@ -21,7 +22,7 @@ def target_sequence_fields(config) -> Tuple[str, str]:
 class AllPositionsMixin:
     """``calculate_loss`` over every position, for a model that defines ``forward_all_positions``.
 
-    On a batch of windows (it holds the target sequence) the loss is the mean over all real positions of the batch
+    On a batch of windows (it holds the target sequence) the loss is the mean over all targets (non-zero) of the batch
     of the model's ``output_loss`` (CE over all items, BPR against the position's sampled negative, or the sampled
     softmax): the mean of the losses of the prefixes the window holds, each computed once. On RecBole's prefix
     samples (no target sequence) it is the model's own loss at the last position.
@@ -41,9 +42,11 @@ class AllPositionsMixin:
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         seq_output = self.forward_all_positions(item_seq, item_seq_len)  # [B N H]
+        targets = interaction[self.TARGET_SEQ]  # [B N]
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
-        real = positions.unsqueeze(0) < item_seq_len.unsqueeze(1)  # [B N]; padding has no target
-        seq_output = seq_output[real]  # [M H], M real positions in the batch
-        pos_items = interaction[self.TARGET_SEQ][real]  # [M]
+        # Padding has no target; a target 0 at a real position is one an earlier window of the user predicts.
+        real = (positions.unsqueeze(0) < item_seq_len.unsqueeze(1)) & (targets != 0)  # [B N]
+        seq_output = seq_output[real]  # [M H], M targets in the batch
+        pos_items = targets[real]  # [M]
         neg_items = interaction[self.NEG_TARGET_SEQ][real] if self.loss_type == "BPR" else None
         return self.output_loss(seq_output, pos_items, neg_items)

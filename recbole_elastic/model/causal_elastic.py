@@ -17,10 +17,13 @@ What changes from ELASTIC (each open choice is a hyperparameter in ``properties/
 it matters; the rest of ELASTIC's docstring holds):
 
 * Interest Memory Retrieval at every position: position t's retrieval query is the running mean of the input
-  embeddings up to t (ELASTIC's masked mean, over the prefix), through the same MLP, BatchNorm and product-key
-  memory. Every position retrieves its own k interest tokens (N retrievals per window, each
-  O(k * memory_keys * memory_key_dim); retrieval never sees a later item). BatchNorm's training statistics are
-  taken over the real positions of the batch.
+  embeddings up to t (ELASTIC's masked mean, over the prefix), through the same MLP, a normalisation
+  (``memory_query_norm``) and the product-key memory. Every position retrieves its own k interest tokens (N
+  retrievals per window, each O(k * memory_keys * memory_key_dim)). The normalisation never mixes positions, in
+  training too: ``layer`` (default) normalises each query on its own, ``running`` is BatchNorm on the running
+  statistics of earlier batches (updated after each batch), ``none``. ELASTIC's BatchNorm with batch statistics
+  is refused here: in a batch of windows it would let every position's query read the batch's later positions,
+  targets included. So retrieval at t never sees an item after t, in training as in evaluation.
 * Aggregate: in ELASTIC the interest tokens are the aggregation queries. A query that depends on t (position t's
   interests) would need an N x N score matrix per interest, so here each block has k learned queries that do not
   depend on the position (``interest_queries``). At position t they attend, with softmax, to the block's input at
@@ -48,7 +51,8 @@ SASRec layer's FFN per position) make a block several times a SASRec layer's wor
 overtakes softmax self-attention (N * H per position) only for long windows (on CPU, B = 32, default sizes: about
 N = 1000 with the interest FFN, earlier without). ``causal_interest_ffn: False`` halves the training time.
 
-Streaming (``init_stream_state``, ``stream_update``, ``stream_scores``; inference): a user's state is the retrieval
+Streaming (``init_stream_state``, ``stream_update``, ``stream_scores``; always inference: eval mode, whatever
+mode the model is in): a user's state is the retrieval
 query's running sum and, per block, the aggregate's running softmax (running max, sum of exp(score - max), sum of
 exp(score - max) * value per head and query): its size does not depend on the history. Folding one event computes
 that event's position through every block from the state alone, and scores the next item from its output: equal
@@ -64,11 +68,14 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
+from recbole_elastic.model.abstract import inference
 from recbole_elastic.model.all_positions import AllPositionsMixin
 from recbole_elastic.model.causal_layers import CausalDispatcherBlock
 from recbole_elastic.model.elastic import ELASTIC
 from recbole_elastic.model.elastic import check_hyperparameters as check_elastic_hyperparameters
 from recbole_elastic.model.hyperparameters import HyperparameterChecker
+
+CAUSAL_QUERY_NORMS = ("layer", "running", "none")
 
 
 @dataclass
@@ -93,6 +100,26 @@ def check_hyperparameters(config) -> None:
     checker.require_bool("causal_interest_ffn")
     checker.require_bool("causal_recency_bias")
     checker.require("inference_chunk_positions", checker.is_int("inference_chunk_positions", 1), "an integer >= 1")
+    check_causal_query_norm(checker, config)
+
+
+def check_causal_query_norm(checker: HyperparameterChecker, config) -> None:
+    """``memory_query_norm`` of a causal model: never BatchNorm's batch statistics, which would let each training
+    position's retrieval read the batch's later positions (its own targets among them)."""
+    if config["use_interest_memory"] and config["memory_query_norm"] is not None:
+        checker.require(
+            "memory_query_norm",
+            config["memory_query_norm"] in CAUSAL_QUERY_NORMS,
+            f"one of {list(CAUSAL_QUERY_NORMS)} (batch statistics would mix the positions of a training batch)",
+        )
+
+
+def causal_query_norm(config) -> str:
+    """``memory_query_norm``; a checkpoint saved before the key existed had ``memory_query_batchnorm``, whose
+    evaluation (BatchNorm on its running statistics) ``running`` reproduces exactly."""
+    if config["memory_query_norm"] is not None:
+        return config["memory_query_norm"]
+    return "running" if config["memory_query_batchnorm"] else "none"
 
 
 class CausalELASTIC(AllPositionsMixin, ELASTIC):
@@ -105,6 +132,9 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
         check_hyperparameters(config)
         super(CausalELASTIC, self).__init__(config, dataset)
         self.inference_chunk_positions = config["inference_chunk_positions"]
+
+    def memory_query_norm(self, config) -> str:
+        return causal_query_norm(config)
 
     def make_dispatcher_block(self, config) -> nn.Module:
         return CausalDispatcherBlock(
@@ -144,7 +174,7 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """ELASTIC's ``forward`` through the causal blocks. Every position keeps k interest states, ``[B, N, k, H]``
-        per block, so in eval mode (rows independent: no dropout, BatchNorm's running statistics) the batch goes
+        per block, so in eval mode (rows independent: no dropout) the batch goes
         through in groups of at most ``inference_chunk_positions`` positions (``B * N``): full-sort evaluation at
         RecBole's default ``eval_batch_size`` and a long N then fits in memory, with the same scores."""
         if self.training:
@@ -172,10 +202,11 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
             output=weight.new_zeros(batch_size, self.hidden_size),
         )
 
-    @torch.no_grad()
+    @inference
     def stream_update(self, state: StreamState, item_ids: torch.Tensor) -> StreamState:
         """Fold one new event per user (``item_ids`` ``[B]``) into ``state``, without reading the history: the new
-        state's ``output`` equals ``forward_all_positions`` at this event's position over the whole history."""
+        state's ``output`` equals ``forward_all_positions`` at this event's position over the whole history, in
+        eval mode. It always runs as inference (eval mode, no gradient), whatever mode the model is in."""
         position = state.length.clamp(max=self.max_seq_length - 1)  # as embed_input past the position table
         item = self.dropout(self.LayerNorm(self.item_embedding(item_ids) + self.position_embedding(position)))
         length = state.length + 1
@@ -190,6 +221,7 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
             running.append(block_running)
         return StreamState(length=length, embedding_sum=embedding_sum, running=running, output=item)
 
+    @inference
     def stream_scores(self, state: StreamState) -> torch.Tensor:
         """Scores of every item as each user's next event ``[B, n_items]``, from the state alone."""
         return torch.matmul(state.output, self.item_embedding.weight.transpose(0, 1))

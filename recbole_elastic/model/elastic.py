@@ -98,7 +98,7 @@ class ELASTIC(DotProductSequentialRecommender):
                 n_keys=config["memory_keys"],
                 topk=config["memory_topk"],
                 key_dim=config["memory_key_dim"],
-                query_batchnorm=config["memory_query_batchnorm"],
+                query_norm=self.memory_query_norm(config),
                 initializer_range=self.initializer_range,
                 sparse=bool(config["memory_sparse_updates"]),
             )
@@ -111,6 +111,11 @@ class ELASTIC(DotProductSequentialRecommender):
         self.apply(self._init_weights)
         if not self.use_interest_memory:
             nn.init.normal_(self.shared_interests, mean=0.0, std=self.initializer_range)
+
+    def memory_query_norm(self, config) -> str:
+        """How retrieval queries are normalised (``layers.QUERY_NORMS``): BatchNorm, as in product-key memories,
+        or none (``memory_query_batchnorm``). Each sample is one prefix here, so no row reads another's future."""
+        return "batch" if config["memory_query_batchnorm"] else "none"
 
     def make_dispatcher_block(self, config) -> nn.Module:
         """One LDA block (a subclass may build another kind)."""

@@ -139,6 +139,12 @@ class LinearDispatcherBlock(nn.Module):
         return sequence, interests
 
 
+# How retrieval queries are normalised: "batch": BatchNorm with batch statistics in training (Lample et al.; it mixes
+# the rows of a batch); "running": BatchNorm that normalises with its running statistics and updates them from each
+# training batch (no row sees another); "layer": LayerNorm of each head's query; "none".
+QUERY_NORMS = ("batch", "running", "layer", "none")
+
+
 class ProductKeyInterestMemory(nn.Module):
     """Interest Memory Retrieval (IMR): a product-key memory of ``n_keys ** 2`` interest slots.
 
@@ -170,11 +176,16 @@ class ProductKeyInterestMemory(nn.Module):
         n_keys: int,
         topk: int,
         key_dim: int,
-        query_batchnorm: bool,
+        query_norm,
         initializer_range: float,
         sparse: bool = False,
     ) -> None:
         super().__init__()
+        if isinstance(query_norm, bool):  # ``memory_query_batchnorm`` (ELASTIC's key) and old checkpoints
+            query_norm = "batch" if query_norm else "none"
+        if query_norm not in QUERY_NORMS:
+            raise ValueError(f"query_norm must be one of {QUERY_NORMS}, not {query_norm!r}")
+        self.query_norm_kind = query_norm
         self.n_heads = n_heads
         self.n_keys = n_keys
         self.topk = topk
@@ -183,7 +194,11 @@ class ProductKeyInterestMemory(nn.Module):
             nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, n_heads * key_dim)
         )
         # Lample et al.: normalising queries spreads them over the keys and keeps more slots in use.
-        self.query_norm = nn.BatchNorm1d(n_heads * key_dim) if query_batchnorm else None
+        self.query_norm = None
+        if query_norm in ("batch", "running"):
+            self.query_norm = nn.BatchNorm1d(n_heads * key_dim)
+        elif query_norm == "layer":
+            self.query_norm = nn.LayerNorm(key_dim)  # per head: each head's query on its own; gain shared by heads
         half = key_dim // 2
         # [heads, 2 halves, n_keys, key_dim / 2]; unit-variance scores for a unit-variance query.
         self.sub_keys = nn.Parameter(torch.randn(n_heads, 2, n_keys, half) / math.sqrt(half))
@@ -196,22 +211,36 @@ class ProductKeyInterestMemory(nn.Module):
         return self.n_keys * self.n_keys
 
     def make_query(self, summary: torch.Tensor) -> torch.Tensor:
-        """Queries ``[B, heads, key_dim]`` from user summaries ``[B, H]``."""
+        """Queries ``[B, heads, key_dim]`` from user summaries ``[B, H]``, normalised as ``query_norm`` says."""
         query = self.query_net(summary)
-        if self.query_norm is not None:
+        if self.query_norm_kind == "layer":
+            return self.query_norm(query.view(-1, self.n_heads, self.key_dim))
+        if self.query_norm_kind == "batch":
             # A training batch of one (RecBole's FLOPs probe) has no batch statistics: use the running ones.
             use_batch_stats = self.training and query.size(0) > 1
-            query = F.batch_norm(
-                query,
-                self.query_norm.running_mean,
-                self.query_norm.running_var,
-                self.query_norm.weight,
-                self.query_norm.bias,
-                training=use_batch_stats,
-                momentum=self.query_norm.momentum,
-                eps=self.query_norm.eps,
-            )
+            query = self._batch_norm(query, training=use_batch_stats)
+        elif self.query_norm_kind == "running":
+            # Normalise every query with the running statistics of earlier batches, then fold this batch into
+            # them: no query depends on another row of its batch (a causal model's later positions, its targets).
+            normalised = self._batch_norm(query, training=False)
+            if self.training and query.size(0) > 1:
+                with torch.no_grad():
+                    self._batch_norm(query.detach(), training=True)  # updates the running statistics only
+            query = normalised
         return query.view(-1, self.n_heads, self.key_dim)
+
+    def _batch_norm(self, query: torch.Tensor, training: bool) -> torch.Tensor:
+        norm = self.query_norm
+        return F.batch_norm(
+            query,
+            norm.running_mean,
+            norm.running_var,
+            norm.weight,
+            norm.bias,
+            training=training,
+            momentum=norm.momentum,
+            eps=norm.eps,
+        )
 
     def retrieve(self, query: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Top-``topk`` slot scores and slot indices ``[B, heads, topk]`` for queries ``[B, heads, key_dim]``."""

@@ -71,6 +71,10 @@ def memory_query(memory, summary):
     first, _, second = memory.query_net
     query = second(F.gelu(first(summary)))
     norm = memory.query_norm
+    if memory.query_norm_kind == "layer":  # each head's query over its own key_dim features
+        query = query.view(summary.size(0), memory.n_heads, memory.key_dim)
+        centred = query - query.mean(-1, keepdim=True)
+        return centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight + norm.bias
     if norm is not None:
         query = (query - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
     return query.view(summary.size(0), memory.n_heads, memory.key_dim)

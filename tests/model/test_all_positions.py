@@ -168,3 +168,45 @@ def test_position_t_equals_the_history_truncated_at_t(model_class):
                 prefix = padded_batch([items[: t + 1]], WIDTH)
                 alone = model.forward(prefix["item_id_list"], prefix["item_length"])[0]
                 assert torch.allclose(full[row, t], alone, atol=1e-5), (row, t)
+
+
+def leak_cases():
+    """Every causal model, and CausalELASTIC with every retrieval-query normalisation it accepts."""
+    cases = [(model_class, {}) for model_class in CAUSAL_MODELS]
+    cases += [(CausalELASTIC, {"memory_query_norm": norm}) for norm in ("running", "none")]
+    cases += [(CausalELASTIC, {"causal_recency_bias": True})]
+    return cases
+
+
+@pytest.mark.parametrize("model_class, overrides", leak_cases())
+def test_in_training_mode_no_item_reaches_an_earlier_position_of_any_window(model_class, overrides):
+    """Training mode without dropout: batch statistics or anything else shared across the batch would let a later
+    item (a target) move earlier outputs, in its own window or another; float64, so rounding cannot hide it."""
+    torch.manual_seed(0)
+    no_dropout = {"hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0, "causal_chunk_size": 3}
+    model = build_model(model_class, max_len=WIDTH, **no_dropout, **overrides).double().train()
+    batch = padded_batch(SEQUENCES, WIDTH)
+    item_seq, lengths = batch["item_id_list"], batch["item_length"]
+
+    def outputs(sequences):  # each pass from the same state: a running statistic's update is not a leak
+        return copy.deepcopy(model).forward_all_positions(sequences, lengths).detach()
+
+    base = outputs(item_seq)
+    for row, items in enumerate(SEQUENCES):
+        for t in range(1, len(items)):
+            changed = item_seq.clone()
+            changed[row, t : len(items)] = changed[row, t : len(items)] % 29 + 1  # another item at t and after
+            output = outputs(changed)
+            assert torch.equal(output[row, :t], base[row, :t]), (row, t)
+            others = [other for other in range(len(SEQUENCES)) if other != row]
+            assert torch.equal(output[others], base[others]), (row, t)
+            assert not torch.allclose(output[row, t], base[row, t])  # the changed item itself does reach t
+
+
+def test_causal_elastic_refuses_batch_statistics_for_retrieval_queries():
+    assert_rejects_hyperparameter(
+        CausalELASTIC,
+        {"memory_query_norm": "batch"},
+        "memory_query_norm",
+        "one of ['layer', 'running', 'none'] (batch statistics would mix the positions of a training batch)",
+    )

@@ -35,15 +35,25 @@ def randomise_recency_slopes(model):
 
 
 @pytest.mark.parametrize(
-    "use_interest_memory, interest_ffn, recency_bias",
-    [(True, True, False), (True, False, False), (False, True, False), (False, False, False), (True, True, True)],
+    "use_interest_memory, interest_ffn, recency_bias, query_norm",
+    [
+        (True, True, False, "layer"),
+        (True, True, False, "running"),
+        (True, False, False, "layer"),
+        (False, True, False, "layer"),
+        (False, False, False, "layer"),
+        (True, True, True, "layer"),
+    ],
 )
-def test_every_position_and_the_readout_equal_the_direct_computation(use_interest_memory, interest_ffn, recency_bias):
+def test_every_position_and_the_readout_equal_the_direct_computation(
+    use_interest_memory, interest_ffn, recency_bias, query_norm
+):
     # reference.causal_elastic_all_positions: one ordinary softmax per prefix, the memory scored over all slots
     torch.manual_seed(0)
     model = build_model(
         CausalELASTIC,
         max_len=10,
+        memory_query_norm=query_norm,
         causal_chunk_size=3,
         use_interest_memory=use_interest_memory,
         causal_interest_ffn=interest_ffn,
@@ -302,7 +312,8 @@ def test_last_position_retrieves_what_elastic_retrieves():
     # The retrieval query at the last position is ELASTIC's (the mean of the whole sequence).
     torch.manual_seed(0)
     elastic = build_model(ELASTIC, max_len=10).eval()
-    causal = build_model(CausalELASTIC, max_len=10).eval()
+    # "running": BatchNorm on its running statistics, as ELASTIC's in eval mode
+    causal = build_model(CausalELASTIC, max_len=10, memory_query_norm="running").eval()
     causal.interest_memory.load_state_dict(elastic.interest_memory.state_dict())
     causal.item_embedding.load_state_dict(elastic.item_embedding.state_dict())
     causal.position_embedding.load_state_dict(elastic.position_embedding.state_dict())
@@ -394,3 +405,20 @@ def test_without_the_interest_ffn_the_model_stays_causal_and_streams():
     full = all_positions(model, sequences, 10)
     assert torch.allclose(all_positions(model, [sequences[0][:3]], 10)[0, 2], full[0, 2], atol=1e-5)
     assert torch.allclose(stream(model, sequences)[0], full[:, :6], atol=1e-5)
+
+
+@pytest.mark.parametrize("query_norm", ["layer", "running"])
+def test_streaming_in_training_mode_is_inference_and_keeps_the_mode(query_norm):
+    # Dropout 0.5 and the running BatchNorm's update would make two folds of the same events differ.
+    torch.manual_seed(0)
+    model = build_model(CausalELASTIC, n_items=30, max_len=10, memory_query_norm=query_norm, **SMALL)
+    sequences = [[3, 7, 1, 9], [4, 4, 8, 2]]
+    expected, _ = stream(model.eval(), sequences)
+    scores = model.stream_scores(stream(model, sequences)[1])
+    model.train()
+    for _ in range(2):
+        outputs, state = stream(model, sequences)
+        assert torch.equal(outputs, expected)
+        assert torch.equal(model.stream_scores(state), scores)
+        assert model.training  # the mode the caller set is restored
+    assert not outputs.requires_grad

@@ -47,7 +47,7 @@ def adam_config(learner="adam", weight_decay=0.0):
 
 def make_memory(sparse=True, n_keys=16):
     torch.manual_seed(0)
-    return ProductKeyInterestMemory(16, 3, n_keys, 4, 8, query_batchnorm=True, initializer_range=0.02, sparse=sparse)
+    return ProductKeyInterestMemory(16, 3, n_keys, 4, 8, query_norm="batch", initializer_range=0.02, sparse=sparse)
 
 
 def memory_step(memory, optimizer, summary):

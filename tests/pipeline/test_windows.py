@@ -135,11 +135,14 @@ def test_run_path_builds_the_lazy_dataset_unless_switched_off(tiny_data):
 
 def test_window_ends_tile_each_users_targets():
     users = np.array([5] * 10 + [2] * 3 + [7])  # each user's training samples, in time order
-    ends = window_end_samples(users, max_len=4, stride=4)
+    ends, loss_start = window_end_samples(users, max_len=4, stride=4)
     # user 5 (targets 0..9): windows end at 9, 5, 1; user 2: at 2; user 7: at its only target
     assert ends.tolist() == [1, 5, 9, 12, 13]
-    covered = window_end_samples(users, max_len=4, stride=2)
-    assert covered.tolist() == [3, 5, 7, 9, 12, 13]  # ends 9, 7, 5, 3 (3 reaches back to target 0)
+    assert loss_start.tolist() == [0, 0, 0, 0, 0]
+    ends, loss_start = window_end_samples(users, max_len=4, stride=2)
+    assert ends.tolist() == [3, 5, 7, 9, 12, 13]  # ends 9, 7, 5, 3 (3 reaches back to target 0)
+    # the window ending at 3 is user 5's first (all its targets); the later ones predict their last 2 targets
+    assert loss_start.tolist() == [0, 2, 2, 2, 0, 0]
 
 
 def windows_of_one_epoch(config):
@@ -149,27 +152,41 @@ def windows_of_one_epoch(config):
     return dataset, train_data, batches
 
 
-@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
-def test_windows_cover_every_training_target_once(tiny_data, loss_type):
-    config = build_config("CausalELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, loss_type=loss_type))
+@pytest.mark.parametrize("loss_type, stride", [("CE", None), ("BPR", None), ("CE", 3), ("BPR", 7)])
+def test_windows_cover_every_training_target_once(tiny_data, loss_type, stride):
+    config = build_config(
+        "CausalELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, loss_type=loss_type, train_window_stride=stride)
+    )
     assert config["train_all_positions"] is True
     dataset, train_data, batches = windows_of_one_epoch(config)
     # train_batch_size (64) counts targets: 64 // N = 6 windows of up to N = 10 targets
     assert max(len(batch) for batch in batches) == 6
     prefix_train = train_data._dataset  # RecBole's training split: one sample per training target
     expected = sorted(zip(prefix_train.inter_feat["user_id"].tolist(), prefix_train.inter_feat["timestamp"].tolist()))
+    # every training interaction (a user's first too, which is no target): the only items a history may hold
+    training_times = set(expected) | {
+        (user, times[0]) for user, times in zip(batch_users(prefix_train), batch_times(prefix_train))
+    }
+    min_context = 10 - (stride or 10) + 1  # items a target sees unless its user has fewer before it
     seen = []
     for batch in batches:
         items, targets, lengths = batch["item_id_list"], batch["target_item_id_list"], batch["item_length"]
         times = batch["timestamp_list"]
         assert items.shape == targets.shape == (len(lengths), 10)
         for row, length in enumerate(lengths.tolist()):
-            assert torch.equal(targets[row, : length - 1], items[row, 1:length])  # the next item at every position
-            assert targets[row, length - 1] == batch["item_id"][row]
-            assert (targets[row, length:] == 0).all()
             user = int(batch["user_id"][row])
-            # the target of position p is the interaction after the history's p-th: its time is the next one
-            seen += [(user, t) for t in times[row, 1:length].tolist()] + [(user, float(batch["timestamp"][row]))]
+            next_items = torch.cat([items[row, 1:length], batch["item_id"][row].view(1)])
+            next_times = times[row, 1:length].tolist() + [float(batch["timestamp"][row])]
+            predicted = targets[row, :length] != 0
+            assert torch.equal(targets[row, :length][predicted], next_items[predicted])  # the next item or 0
+            assert (targets[row, length:] == 0).all()
+            assert predicted[-1] and predicted.int().diff().ge(0).all()  # a loss on the window's last positions
+            if not predicted.all():  # not the user's first window: the targets before were predicted already
+                assert length == 10 and int(predicted.sum()) == stride
+            first_context = int(predicted.int().argmax()) + 1  # items the first predicted target sees
+            assert predicted.all() or first_context >= min_context  # a first window starts at the first item
+            seen += [(user, t) for t, p in zip(next_times, predicted.tolist()) if p]
+            assert {(user, t) for t in times[row, :length].tolist()} <= training_times  # no valid/test history
         if loss_type == "BPR":
             negatives = batch["neg_target_item_id_list"]
             real = targets != 0
@@ -177,7 +194,15 @@ def test_windows_cover_every_training_target_once(tiny_data, loss_type):
             assert (negatives[real] > 0).all() and (negatives[real] != targets[real]).all()
         else:
             assert "neg_target_item_id_list" not in batch
-    assert sorted(seen) == expected
+    assert sorted(seen) == expected  # every training target exactly once
+
+
+def batch_users(dataset):
+    return dataset.inter_feat["user_id"].tolist()
+
+
+def batch_times(dataset):
+    return dataset.inter_feat["timestamp_list"].tolist()
 
 
 def test_valid_and_test_stay_recbole_samples(tiny_data):
@@ -202,6 +227,17 @@ def test_all_positions_run_trains_every_causal_model(tiny_data):
         ("ELASTIC", {"train_all_positions": True}, "scores every position causally"),
         ("CausalELASTIC", {"train_window_stride": 0}, "train_window_stride"),
         ("CausalELASTIC", {"train_window_stride": 11}, "1..MAX_ITEM_LIST_LENGTH=10"),
+        # random order, or samples not grouped by user: a user's training samples are no prefixes in time order
+        (
+            "CausalELASTIC",
+            {"eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "group_by": "user", "mode": "full"}},
+            "needs eval_args with order: TO and group_by: user",
+        ),
+        (
+            "CausalSASRec",
+            {"eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "TO", "group_by": "none", "mode": "full"}},
+            "needs eval_args with order: TO and group_by: user",
+        ),
     ],
 )
 def test_bad_window_settings_name_the_key(tiny_data, model, settings, fragment):
