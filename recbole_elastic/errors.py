@@ -23,3 +23,14 @@ class DatasetFormatError(ElasticError, ValueError):
 
 class TrainingDivergedError(ElasticError, RuntimeError):
     """The training loss became NaN; the message names the epoch and the last good checkpoint."""
+
+
+class MissingDependencyError(ElasticError, ImportError):
+    """An optional feature's packages are not installed; the message names the extra to install."""
+
+
+class UnknownTokenError(ElasticError, KeyError):
+    """A user or item token the model or the streaming state does not know; the message names it."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the whole message
+        return str(self.args[0]) if self.args else ""
