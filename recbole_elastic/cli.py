@@ -11,6 +11,7 @@ from recbole_elastic.config import check_config_keys, load_config_files, run_set
 from recbole_elastic.distributed import run_distributed
 from recbole_elastic.errors import ConfigError, ElasticError
 from recbole_elastic.evaluate import evaluate_checkpoint, read_checkpoint_config
+from recbole_elastic.export import export_checkpoint
 from recbole_elastic.sweep import run_sweep, to_markdown
 from recbole_elastic.utils import get_model
 
@@ -40,6 +41,13 @@ def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
     parser.add_argument(
         "--eval_only", action="store_true", help="with --checkpoint: only evaluate the saved model on the test split"
     )
+    parser.add_argument(
+        "--export",
+        choices=["onnx"],
+        default=None,
+        help="with --checkpoint: write the model for serving (ONNX user tower, item matrix, id maps) to --output",
+    )
+    parser.add_argument("--output", default=None, help="--export's folder (default: the checkpoint's name + -onnx)")
     parser.add_argument(
         "--verbose",
         action="store_true",
@@ -76,6 +84,8 @@ def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
     """Check the user's keys, then evaluate, sweep, resume or run."""
     check_config_keys(overrides, "command line")
     file_settings = load_config_files(args.config_files.split() if args.config_files else None)
+    if args.export:
+        return export_main(args)
     if args.eval_only:
         return evaluate_main(args)
     models = [name.strip() for name in args.model.split(",") if name.strip()]
@@ -129,6 +139,20 @@ def evaluate_main(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.checkpoint)
     print(f"\n{result['model']} on {result['dataset']}, {result['model_file']}")
     print(f"test: {format_metrics(result['test_result'])}")
+    return 0
+
+
+def export_main(args: argparse.Namespace) -> int:
+    if not args.checkpoint:
+        raise ConfigError(f"--export={args.export} needs --checkpoint=PATH (a .pth file saved by a training run)")
+    output = args.output or os.path.splitext(args.checkpoint)[0] + f"-{args.export}"
+    manifest = export_checkpoint(args.checkpoint, output, args.export)
+    print(
+        f"\n{manifest['model']} on {manifest['dataset']}: user tower (ONNX opset {manifest['opset']}, N = "
+        f"{manifest['max_seq_length']}, H = {manifest['hidden_size']}), {manifest['n_items']} item vectors and id "
+        f"maps written to {output}"
+    )
+    print(f"onnxruntime vs PyTorch user vectors: max abs difference {manifest['onnx_vs_pytorch_max_abs_diff']:.1e}")
     return 0
 
 
