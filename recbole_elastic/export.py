@@ -124,7 +124,7 @@ class PlainOpsWhileTracing(TorchFunctionMode):
         if func is torch.Tensor.__getitem__ and is_leading_mask(*args[:2]):
             tensor, mask = args
             return tensor.reshape(-1, *tensor.shape[mask.dim() :])[self.masked_rows(mask)]
-        if func is torch.Tensor.__setitem__ and is_leading_mask(*args[:2]):
+        if func is torch.Tensor.__setitem__ and is_leading_mask(*args[:2]) and args[0].is_contiguous():
             tensor, mask, value = args
             tensor.view(-1, *tensor.shape[mask.dim() :])[self.masked_rows(mask)] = value
             return None

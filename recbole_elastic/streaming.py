@@ -213,7 +213,8 @@ class StreamingRecommender:
             torch.save(payload, temporary)
 
     def load(self, path: str) -> None:
-        """Replace every user's state with those saved in ``path`` by :meth:`save` over the same trained model."""
+        """Replace every user's state (and seen items) with those saved in ``path`` by :meth:`save` over the same
+        trained model; this recommender keeps its own ``exclude_seen``."""
         if not os.path.isfile(path):
             raise ConfigError(f"Streaming state file not found: {path}. Pass a file written by save().")
         try:
@@ -228,7 +229,6 @@ class StreamingRecommender:
         counts = payload["seen_counts"].tolist()
         items = payload["seen_items"].split(counts) if counts else []
         self.seen = [set(chunk.tolist()) for chunk in items]
-        self.exclude_seen = bool(payload["exclude_seen"])
 
     def check_compatible(self, path: str, payload: Optional[Dict]) -> None:
         """Raise :class:`ConfigError` unless ``payload`` holds states of this recommender's model and items."""
@@ -241,6 +241,11 @@ class StreamingRecommender:
             raise ConfigError(f"{what} {payload['model']}, not {type(self.model).__name__}: load it with that model.")
         if payload["item_tokens_sha256"] != item_tokens_digest(self.item_tokens):
             raise ConfigError(f"{what} another item catalogue: load it with the checkpoint it was saved with.")
+        if self.exclude_seen and not payload["exclude_seen"]:
+            raise ConfigError(
+                f"{path} was saved with exclude_seen=False, without the users' seen items: load it into a "
+                "StreamingRecommender with exclude_seen=False."
+            )
         template = state_leaves(self.model.init_stream_state(1))
         shapes = [tuple(leaf.shape[1:]) for leaf in payload["state"]]
         if shapes != [tuple(leaf.shape[1:]) for leaf in template]:

@@ -160,6 +160,12 @@ def test_a_state_file_of_another_model_or_catalogue_is_refused(tmp_path):
         StreamingRecommender(causal_elastic(), TOKENS[:-1] + ["other"]).load(path)
     with pytest.raises(ConfigError, match="Streaming state file not found"):
         recommender.load(str(tmp_path / "missing.pt"))
+    without_seen = StreamingRecommender(causal_elastic(), TOKENS, exclude_seen=False)
+    without_seen.fold("alice", "m1")
+    without_seen.save(path)
+    with pytest.raises(ConfigError, match="saved with exclude_seen=False"):
+        recommender.load(path)  # the file has no seen items to leave out
+    StreamingRecommender(causal_elastic(), TOKENS, exclude_seen=False).load(path)
 
 
 def test_unknown_items_and_models_without_a_stream_state_are_refused_by_name():
