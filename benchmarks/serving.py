@@ -11,14 +11,14 @@ both PyTorch and onnxruntime.
   ``recbole_elastic.export.export_onnx`` (which checks onnxruntime against PyTorch), then one batch of
   ``--batch`` full-length histories is encoded by PyTorch (``model(item_seq, item_seq_len)``, eval mode,
   inference mode) and by onnxruntime, alternately, ``--repeats`` times each; the median seconds per batch give
-  users per second and the ratio onnxruntime / PyTorch (> 1: onnxruntime is faster).
-* Streaming (CausalELASTIC, N = 200): ``recbole_elastic.streaming.StreamingRecommender`` over ``--users``
-  users.
+  users per second and the ratio onnxruntime / PyTorch (> 1: onnxruntime is faster), in wall time and in the
+  process's CPU time (with one thread, the work done; on a shared machine wall time adds waiting for a core).
+* Streaming (CausalELASTIC, N = 200): ``recbole_elastic.streaming.StreamingRecommender`` over ``--users`` users.
   Batched: ``--events-per-user`` events per user, folded with ``fold_many`` in batches of ``--stream-batch``
   events of distinct users, after one untimed warm-up batch; events per second over all batches (and the same
-  batches through the model's ``stream_update`` alone). One at a time: ``--single-events`` events of random users
-  (who already have states), each ``fold`` timed alone (wall time, and the process's CPU time: on a shared
-  machine the difference is time spent waiting for a core), and each ``fold`` + ``topk(user, 10)``.
+  batches through the model's ``stream_update`` alone), per wall and per CPU second. One at a time:
+  ``--single-events`` events of random users (who already have states), each ``fold`` timed alone (wall time,
+  and the process's CPU time), and each ``fold`` + ``topk(user, 10)``.
 
 Writes ``results.json`` and ``results.md`` to ``--out``.
 """
@@ -29,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -37,13 +37,12 @@ sys.path.insert(0, REPO_ROOT)
 from benchmarks.common import write_results  # noqa: E402
 
 
-def median_seconds(step: Callable[[], None], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def wall_and_cpu_seconds(step: Callable[[], None]) -> Tuple[float, float]:
+    """Wall seconds and this process's CPU seconds of one call. With one thread, CPU seconds are the work done:
+    on a shared machine the wall time adds the time spent waiting for a core."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    step()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def user_vector_points(args, models: List[str], lengths: List[int]) -> List[Dict]:
@@ -75,9 +74,12 @@ def user_vector_points(args, models: List[str], lengths: List[int]) -> List[Dict
                     with torch.inference_mode():
                         model(item_seq, item_seq_len)
 
-                torch_times.append(median_seconds(encode_torch, 1))
-                onnx_times.append(median_seconds(lambda: onnx_user_vectors(session, item_seq, item_seq_len), 1))
-            torch_seconds, onnx_seconds = statistics.median(torch_times), statistics.median(onnx_times)
+                torch_times.append(wall_and_cpu_seconds(encode_torch))
+                onnx_times.append(wall_and_cpu_seconds(lambda: onnx_user_vectors(session, item_seq, item_seq_len)))
+            torch_seconds, onnx_seconds = (
+                statistics.median(wall for wall, _ in times) for times in (torch_times, onnx_times)
+            )
+            torch_cpu, onnx_cpu = (statistics.median(cpu for _, cpu in times) for times in (torch_times, onnx_times))
             points.append(
                 {
                     "model": model_name,
@@ -88,6 +90,9 @@ def user_vector_points(args, models: List[str], lengths: List[int]) -> List[Dict
                     "torch_users_per_second": args.batch / torch_seconds,
                     "onnx_users_per_second": args.batch / onnx_seconds,
                     "onnx_over_torch_throughput": torch_seconds / onnx_seconds,
+                    "torch_cpu_seconds": torch_cpu,
+                    "onnx_cpu_seconds": onnx_cpu,
+                    "onnx_over_torch_throughput_cpu": torch_cpu / onnx_cpu,
                     "max_abs_diff": difference,
                     "export_check_max_abs_diff": manifest["onnx_vs_pytorch_max_abs_diff"],
                     "export_seconds": export_seconds,
@@ -121,19 +126,23 @@ def streaming_point(args) -> Dict:
         for start in range(0, len(event_users), args.stream_batch)
     ]
     recommender.fold_many(*batches[0])  # warm-up (allocates the users' rows)
-    start = time.perf_counter()
-    for batch_users, batch_items in batches[1:]:
-        recommender.fold_many(batch_users, batch_items)
-    batched_seconds = time.perf_counter() - start
+
+    def fold_batches() -> None:
+        for batch_users, batch_items in batches[1:]:
+            recommender.fold_many(batch_users, batch_items)
+
+    batched_seconds, batched_cpu = wall_and_cpu_seconds(fold_batches)
     batched_events = sum(len(batch_users) for batch_users, _ in batches[1:])
 
     # The same batches through the model alone (no tokens, no per-user rows): the model's own share.
-    state = model.init_stream_state(args.stream_batch)
     item_ids = torch.randint(1, args.n_items, (len(batches) - 1, args.stream_batch), generator=generator)
-    start = time.perf_counter()
-    for row in item_ids:
-        state = model.stream_update(state, row)
-    model_seconds = time.perf_counter() - start
+
+    def update_batches() -> None:
+        state = model.init_stream_state(args.stream_batch)
+        for row in item_ids:
+            state = model.stream_update(state, row)
+
+    model_seconds, model_cpu = wall_and_cpu_seconds(update_batches)
 
     single_users = [users[u] for u in torch.randint(0, args.users, (args.single_events,), generator=generator)]
     single_items = random_items(args.single_events)
@@ -156,6 +165,8 @@ def streaming_point(args) -> Dict:
         "stream_batch": args.stream_batch,
         "batched_events_per_second": batched_events / batched_seconds,
         "model_only_events_per_second": item_ids.numel() / model_seconds,
+        "batched_events_per_cpu_second": batched_events / batched_cpu,
+        "model_only_events_per_cpu_second": item_ids.numel() / model_cpu,
         "single_events": args.single_events,
         "single_fold_median_ms": 1e3 * statistics.median(fold_times),
         "single_fold_p95_ms": 1e3 * sorted(fold_times)[int(0.95 * (len(fold_times) - 1))],
@@ -175,13 +186,14 @@ def to_markdown(args, points: List[Dict], stream: Dict) -> str:
         f"User vectors, batch {args.batch} of full-length histories, {args.threads} thread(s), median of "
         f"{args.repeats} interleaved runs",
         "",
-        "| model | N | PyTorch users/s | onnxruntime users/s | onnxruntime / PyTorch | max abs diff |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | N | PyTorch users/s | onnxruntime users/s | onnxruntime / PyTorch | same, CPU time | max abs diff |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         lines.append(
-            f"| {p['model']} | {p['max_len']} | {p['torch_users_per_second']:.0f} | {p['onnx_users_per_second']:.0f} "
-            f"| {p['onnx_over_torch_throughput']:.2f} | {p['max_abs_diff']:.1e} |"
+            f"| {p['model']} | {p['max_len']} | {p['torch_users_per_second']:.1f} | {p['onnx_users_per_second']:.1f} "
+            f"| {p['onnx_over_torch_throughput']:.2f} | {p['onnx_over_torch_throughput_cpu']:.2f} "
+            f"| {p['max_abs_diff']:.1e} |"
         )
     lines += [
         "",
@@ -193,6 +205,8 @@ def to_markdown(args, points: List[Dict], stream: Dict) -> str:
         f"| batched, fold_many of {stream['stream_batch']} events: events/s "
         f"| {stream['batched_events_per_second']:.0f} |",
         f"| the same batches, model.stream_update alone: events/s | {stream['model_only_events_per_second']:.0f} |",
+        f"| batched, fold_many: events per CPU second | {stream['batched_events_per_cpu_second']:.0f} |",
+        f"| model.stream_update alone: events per CPU second | {stream['model_only_events_per_cpu_second']:.0f} |",
         f"| one event, fold: median / p95 ms | {stream['single_fold_median_ms']:.2f} / "
         f"{stream['single_fold_p95_ms']:.2f} |",
         f"| one event, fold: mean CPU time ms | {stream['single_fold_cpu_mean_ms']:.2f} |",
@@ -206,7 +220,9 @@ def to_markdown(args, points: List[Dict], stream: Dict) -> str:
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default="50,200,1000", help="N values for the user-vector comparison")
-    parser.add_argument("--models", default="CausalELASTIC,ELASTIC", help="models for the user-vector comparison")
+    parser.add_argument(
+        "--models", default="CausalELASTIC,ELASTIC", help="models for the user-vector comparison ('': streaming only)"
+    )
     parser.add_argument("--batch", type=int, default=32, help="histories per user-vector batch")
     parser.add_argument("--repeats", type=int, default=7, help="timed batches per side, interleaved")
     parser.add_argument("--users", type=int, default=10000, help="streaming users")
@@ -226,7 +242,7 @@ def main(argv=None) -> Dict:
     torch.set_num_threads(args.threads)
     lengths = [int(length) for length in args.lengths.split(",")]
     models = [name.strip() for name in args.models.split(",") if name.strip()]
-    points = user_vector_points(args, models, lengths)
+    points = user_vector_points(args, models, lengths) if models else []
     stream = streaming_point(args)
     result = {"settings": vars(args), "user_vectors": points, "streaming": stream}
     write_results(args.out, result, to_markdown(args, points, stream))
