@@ -152,13 +152,6 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
             recency_bias=config["causal_recency_bias"],
         )
 
-    def embed_input(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """As SASRec, except that positions past the position table reuse its last embedding."""
-        position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
-        position_ids = position_ids.clamp(max=self.max_seq_length - 1)
-        input_emb = self.item_embedding(item_seq) + self.position_embedding(position_ids).unsqueeze(0)
-        return self.dropout(self.LayerNorm(input_emb))
-
     def initial_interests(self, sequence: torch.Tensor, sequence_mask: torch.Tensor) -> torch.Tensor:
         """Each position's initial interest tokens ``[B, N, k, H]``, retrieved from the prefix up to it (ELASTIC's
         ``forward`` reads them out at ``item_seq_len - 1`` through this model's causal blocks)."""
