@@ -22,6 +22,8 @@
   row-sparse gradient tables (ELASTIC's interest memory with ``memory_sparse_updates``), which get a lazy Adam that
   updates only the rows a batch touched (:class:`SparseOptimizerMixin`). ``register()`` makes
   :class:`SparseAwareTrainer` RecBole's ``ELASTICTrainer``, so RecBole's own ``run_recbole`` trains it too.
+* Both follow the learning-rate warmup and decay of ``warmup_steps`` and ``lr_schedule`` when set
+  (:class:`LearningRateScheduleMixin`, :mod:`recbole_elastic.schedule`); by default RecBole's constant rate.
 
 Models whose RecBole trainer is not ``Trainer`` itself (S3Rec's pre-training trainer, knowledge-aware models'
 trainers) get the same behaviour through the same mixins on top of their own trainer class.
@@ -48,6 +50,7 @@ from recbole_elastic.memory_guard import check_output_memory
 from recbole_elastic.optim import build_optimizer, prepare_sparse_gradients_for_ddp
 from recbole_elastic.optim import sync_grad_loss as sparse_aware_sync_grad_loss
 from recbole_elastic.process_group import broadcast_object, gather_object, parameter_digest
+from recbole_elastic.schedule import attach_schedule, learning_rate_schedule
 
 # One line per epoch on a quiet console (see quick_start.start_logging); RecBole's own lines go to the log file.
 EPOCH_LOGGER = getLogger("recbole_elastic.epochs")
@@ -79,6 +82,32 @@ class OutputMemoryGuardMixin:
         if n_items is not None:
             check_output_memory(self.config, n_items)
         return super().fit(*args, **kwargs)
+
+
+class LearningRateScheduleMixin:
+    """Learning-rate warmup and decay (``warmup_steps``, ``lr_schedule``) on top of any RecBole trainer, stepped
+    once per optimizer step; see :mod:`recbole_elastic.schedule`. By default (no warmup, constant) nothing is
+    attached: RecBole's constant learning rate."""
+
+    def __init__(self, config, model) -> None:
+        self.lr_schedule = learning_rate_schedule(config)  # a bad value stops the run before the trainer is built
+        super().__init__(config, model)
+
+    def fit(self, train_data, *args, **kwargs):
+        if self.lr_schedule.is_constant:
+            return super().fit(train_data, *args, **kwargs)
+        steps_per_epoch = len(train_data)  # this rank's batches under DDP: one optimizer step each
+        handles = attach_schedule(
+            self.optimizer,
+            self.lr_schedule,
+            total_steps=self.epochs * steps_per_epoch,
+            first_step=self.start_epoch * steps_per_epoch,  # a resumed run continues where its checkpoint ended
+        )
+        try:
+            return super().fit(train_data, *args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 class RecordingMixin:
@@ -209,9 +238,9 @@ class DistributedMixin:
         }
 
 
-class SparseAwareTrainer(OutputMemoryGuardMixin, SparseOptimizerMixin, Trainer):
-    """RecBole's ``Trainer`` for models with row-sparse gradient tables, with the output-memory check (RecBole's
-    ``<Model>Trainer`` for the plugin's models after ``register()``)."""
+class SparseAwareTrainer(LearningRateScheduleMixin, OutputMemoryGuardMixin, SparseOptimizerMixin, Trainer):
+    """RecBole's ``Trainer`` for models with row-sparse gradient tables, with the output-memory check and the
+    learning-rate schedule (RecBole's ``<Model>Trainer`` for the plugin's models after ``register()``)."""
 
 
 class ElasticTrainer(RecordingMixin, SparseAwareTrainer):
@@ -232,7 +261,7 @@ def get_trainer(config) -> Type:
 def _trainer_class(base: Type, distributed: bool) -> Type:
     if base in (Trainer, SparseAwareTrainer):
         return DistributedElasticTrainer if distributed else ElasticTrainer
-    mixins = (RecordingMixin, OutputMemoryGuardMixin, SparseOptimizerMixin)
+    mixins = (RecordingMixin, LearningRateScheduleMixin, OutputMemoryGuardMixin, SparseOptimizerMixin)
     mixins = (DistributedMixin, *mixins) if distributed else mixins
     prefix = "DistributedRecording" if distributed else "Recording"
     return type(f"{prefix}{base.__name__}", (*mixins, base), {})
