@@ -3,14 +3,16 @@
 * :class:`ElasticTrainer` is RecBole's ``Trainer`` that also times each training epoch, keeps the validation score
   of each evaluation, and writes checkpoints atomically (RecBole writes in place, so a crash mid-write would leave
   half a checkpoint where the last good one was). Checkpoints are named ``<model>-<dataset>-<time>.pth`` (``-1``,
-  ``-2``, ... after the time when a run in the same second has one), and a
-  resumed run writes its own file (RecBole would keep saving into, and so replace, the file it resumed from).
+  ``-2``, ... after the time when a run in the same second has one), a name claimed by creating the file when
+  training starts (RecBole only checks a name when the trainer is built, so two runs started in the same second
+  would share one file), and a resumed run writes its own file (RecBole would keep saving into, and so replace,
+  the file it resumed from).
 * :class:`DistributedElasticTrainer` is that trainer for distributed configs (``single_spec`` False). RecBole
   1.2.1 assumes CUDA and a shared clock; this trainer
 
   - builds DDP without ``device_ids`` on CPU (a CPU module rejects them), and converts BatchNorm layers to
     SyncBatchNorm only on CUDA (it only runs on GPUs);
-  - gives every rank rank 0's checkpoint file name (RecBole derives it from each process's local time);
+  - gives every rank the checkpoint file name rank 0 claimed (RecBole derives it from each process's local time);
   - before loading the best model, waits for every rank (barrier); then rank 0 reads the checkpoint it wrote and
     broadcasts the weights, so the other ranks, even on other machines, never read a file they may not have;
   - after training, compares digests of the ranks' parameters (logged if they differ: gradients were not
@@ -30,7 +32,6 @@ trainers) get the same behaviour through the same mixins on top of their own tra
 """
 
 import functools
-import itertools
 import os
 import time
 from logging import getLogger
@@ -44,7 +45,7 @@ from recbole.trainer import Trainer
 from recbole.utils import get_local_time, set_color
 from recbole.utils import get_trainer as recbole_get_trainer
 
-from recbole_elastic.atomic import atomic_path
+from recbole_elastic.atomic import atomic_path, claim_new_file
 from recbole_elastic.compat import load_checkpoint
 from recbole_elastic.memory_guard import check_output_memory
 from recbole_elastic.optim import build_optimizer, prepare_sparse_gradients_for_ddp
@@ -118,12 +119,29 @@ class RecordingMixin:
         self.epoch_seconds: List[float] = []  # wall time of each training epoch run
         self.valid_curve: List[float] = []  # the validation score after each evaluation
         self._epoch_line: Optional[str] = None  # the last training epoch's console line, until validation ends it
-        stem = os.path.join(self.checkpoint_dir, f"{config['model']}-{config['dataset']}-{get_local_time()}")
-        self.saved_model_file = f"{stem}.pth"
-        for count in itertools.count(1):  # the time has one-second resolution: runs in one second get -1, -2, ...
-            if not os.path.exists(self.saved_model_file):
-                break
-            self.saved_model_file = f"{stem}-{count}.pth"
+        model_and_data = f"{config['model']}-{config['dataset']}"
+        self.checkpoint_stem = os.path.join(self.checkpoint_dir, f"{model_and_data}-{self.checkpoint_time()}")
+        self.saved_model_file = f"{self.checkpoint_stem}.pth"  # the name wanted; claimed when training starts
+        self._claimed_file: Optional[str] = None  # the empty file this process created to claim its name
+
+    def checkpoint_time(self) -> str:
+        """The time in this run's checkpoint name: RecBole's, to the second."""
+        return get_local_time()
+
+    def claim_checkpoint_file(self) -> None:
+        """Claim this run's checkpoint name by creating it: ``<stem>.pth``, else ``<stem>-1.pth``, ... (runs started
+        in the same second, even side by side in other processes, get distinct files). Called when training starts
+        or resumes, so a trainer that only evaluates creates nothing; a claim already made is kept."""
+        if self._claimed_file is None:
+            self._claimed_file = claim_new_file(self.checkpoint_stem, ".pth")
+        self.saved_model_file = self._claimed_file
+
+    def _release_unwritten_checkpoint(self) -> None:
+        """Remove the claimed file if no checkpoint was written into it (``saved=False``, or a failure first)."""
+        claimed = self._claimed_file
+        if claimed and os.path.isfile(claimed) and os.path.getsize(claimed) == 0:  # a checkpoint is never empty
+            os.unlink(claimed)
+            self._claimed_file = None
 
     def resume_checkpoint(self, resume_file: str) -> None:
         """RecBole's resume (weights, optimiser, best score, next epoch), saving into this run's own file.
@@ -131,13 +149,16 @@ class RecordingMixin:
         The resumed state is written to that file at once, so it holds the best model so far even if training
         never improves on it; the file resumed from is never written.
         """
-        own_file = self.saved_model_file
         super().resume_checkpoint(resume_file)
-        self.saved_model_file = own_file
+        self.claim_checkpoint_file()  # RecBole points saved_model_file at the file resumed from: this run's own
         self._save_checkpoint(self.start_epoch - 1, verbose=False)
 
     def fit(self, *args, **kwargs):
-        result = super().fit(*args, **kwargs)
+        self.claim_checkpoint_file()
+        try:
+            result = super().fit(*args, **kwargs)
+        finally:
+            self._release_unwritten_checkpoint()
         self._log_epoch()  # the last epoch, when no validation followed it
         return result
 
@@ -199,8 +220,13 @@ class DistributedMixin:
         self.distributed_model = DistributedDataParallel(
             self.model, device_ids=[config["local_rank"]] if on_cuda else None
         )
-        self.saved_model_file = broadcast_object(self.saved_model_file)
         self.rank_parameter_digests: List[str] = []
+
+    def claim_checkpoint_file(self) -> None:
+        """Rank 0 claims the checkpoint name; every rank gets it (fit and resume run on all ranks)."""
+        if dist.get_rank() == 0:
+            super().claim_checkpoint_file()
+        self.saved_model_file = broadcast_object(self.saved_model_file)
 
     def fit(self, *args, **kwargs):
         result = super().fit(*args, **kwargs)
