@@ -13,6 +13,7 @@ Other differences from RecBole's ``Config``:
   raises otherwise, even for SASRec) and for the plugin's ``SampledSoftmax`` (the model draws its own negatives),
   one uniform negative for BPR;
 * distributed runs on CPU join their process group with gloo (RecBole hard-codes NCCL and CUDA);
+* ``warmup_steps`` and ``lr_schedule`` (the trainers' learning-rate schedule) are checked when the config is built;
 * constructing one applies the plugin's compatibility shims (``compat.apply``) first.
 
 The module also reads the user's config files, checks every key against what RecBole and the plugin know, and
@@ -35,6 +36,7 @@ from recbole_elastic import compat
 from recbole_elastic.errors import ConfigError
 from recbole_elastic.model.sampled_softmax import SAMPLED_SOFTMAX
 from recbole_elastic.process_group import distributed_on_cuda, init_cpu_process_group
+from recbole_elastic.schedule import learning_rate_schedule
 from recbole_elastic.utils import RECBOLE_DIR, get_model
 
 # RecBole's own loader, captured before ``register()`` installs the plugin's hook on RecBole's Config.
@@ -114,6 +116,7 @@ class ElasticConfig(Config):
         final = super()._get_final_config_dict()
         final.setdefault("verbose_console", False)  # RecBole's config dump, model repr and info lines on the console
         align_negative_sampling(final, self.external_config_dict)
+        learning_rate_schedule(final)  # a bad warmup_steps or lr_schedule stops the run before the data is read
         return final
 
     def _init_device(self) -> None:
