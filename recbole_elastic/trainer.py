@@ -133,7 +133,8 @@ class RecordingMixin:
         best = last - self.cur_step * self.eval_step
         EPOCH_LOGGER.info(
             f"stopped early after epoch {last}: valid {self.valid_metric} did not improve on epoch {best}'s "
-            f"{self.best_valid_score:.4f} in {self.cur_step} validations (stopping_step {self.stopping_step})"
+            f"{self.best_valid_score:.4f} in {self.cur_step} validation{'s' if self.cur_step > 1 else ''} "
+            f"(stopping_step {self.stopping_step})"
         )
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
