@@ -14,7 +14,7 @@ import pytest
 
 from recbole_elastic.cli import main, parse_args
 from recbole_elastic.compat import load_checkpoint
-from recbole_elastic.config import build_config
+from recbole_elastic.config import build_config, check_config_keys, plugin_yaml
 
 from tests.helpers import REPO_ROOT
 
@@ -113,3 +113,18 @@ def test_the_own_dataset_recipes_run_on_a_long_history_dataset(tmp_path, monkeyp
     assert trained["model"] == "CausalELASTIC" and trained["train_all_positions"] is True
     assert trained["MAX_ITEM_LIST_LENGTH"] == 200 and trained["causal_recency_bias"] is True
     assert trained["valid_metric"] == "NDCG@10" and trained["eval_args"]["split"] == {"LS": "valid_and_test"}
+
+
+def test_each_recommended_setting_is_a_known_key_and_the_models_yaml_repeats_it():
+    rows = re.findall(r"^\| (\w+) \| `([^`]*)` \|", README.split("## Recommended settings", 1)[1], re.M)
+    assert {model for model, _ in rows} >= {"ELASTIC", "SASRec", "LinRec", "CausalELASTIC", "CausalSASRec"}
+    for model, flags in rows:
+        _, settings = parse_args([f"--model={model}", *shlex.split(flags)])
+        check_config_keys(settings, f"README, {model}")  # a renamed key fails here
+        config = build_config(model, "ml-100k", config_dict=dict(settings))
+        assert {key: str(config[key]) for key in settings} == settings  # each value reaches the config as written
+        yaml_file = plugin_yaml("model", model)
+        if yaml_file:  # the plugin's models; SASRec's YAML is RecBole's
+            with open(yaml_file, encoding="utf-8") as f:
+                comment = f.read().split("\n", 2)[1]
+            assert comment == f"#   {flags}", (model, comment)
