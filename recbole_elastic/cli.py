@@ -7,7 +7,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from recbole_elastic import compat
-from recbole_elastic.config import check_config_keys, load_config_files, run_settings
+from recbole_elastic.config import check_config_keys, load_config_files, protocol_file, run_settings
 from recbole_elastic.distributed import run_distributed
 from recbole_elastic.errors import ConfigError, ElasticError
 from recbole_elastic.evaluate import evaluate_checkpoint, read_checkpoint_config
@@ -25,6 +25,12 @@ def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
     parser.add_argument("--model", "-m", default="ELASTIC", help="model name: ELASTIC or any RecBole model")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (ml-100k ships with RecBole)")
     parser.add_argument("--config_files", default=None, help="config files, separated by spaces")
+    parser.add_argument(
+        "--protocol",
+        default=None,
+        help="a shipped evaluation protocol, read before --config_files: loo (leave-one-out by time, full ranking, "
+        "NDCG@10 validation, early stopping; recbole_elastic/properties/protocol/loo.yaml)",
+    )
     parser.add_argument(
         "--seeds", default=None, help="comma-separated seeds; with several models or seeds the run is a sweep"
     )
@@ -75,7 +81,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
     """Check the user's keys, then evaluate, sweep, resume or run."""
     check_config_keys(overrides, "command line")
-    file_settings = load_config_files(args.config_files.split() if args.config_files else None)
+    config_files = [protocol_file(args.protocol)] if args.protocol else []
+    config_files += args.config_files.split() if args.config_files else []
+    file_settings = load_config_files(config_files)
     if args.eval_only:
         return evaluate_main(args)
     models = [name.strip() for name in args.model.split(",") if name.strip()]
@@ -113,10 +121,11 @@ def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
         epochs += f" ({first}..{first + count - 1})" if count else " (the checkpoint had reached --epochs)"
         epochs += f" after resuming from {args.checkpoint}"
     print(f"\n{result['model']} on {result['dataset']} ({epochs}, {result['params']} parameters, {result['device']})")
-    print(
-        f"best valid ({result['valid_metric']} = {result['best_valid_score']:.4f}): "
-        f"{format_metrics(result['best_valid_result'])}"
-    )
+    if result["best_valid_result"]:
+        best = format_metrics(result["best_valid_result"])
+        print(f"best valid ({result['valid_metric']} = {result['best_valid_score']:.4f}): {best}")
+    else:  # eval_step <= 0: RecBole never validates
+        print("best valid: none (no validation ran; the last epoch's model was tested)")
     print(f"test: {format_metrics(result['test_result'])}")
     print(f"checkpoint: {result['model_file']}")
     return 0

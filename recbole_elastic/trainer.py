@@ -152,15 +152,40 @@ class RecordingMixin:
         super().resume_checkpoint(resume_file)
         self.claim_checkpoint_file()  # RecBole points saved_model_file at the file resumed from: this run's own
         self._save_checkpoint(self.start_epoch - 1, verbose=False)
+        self._resumed = True
 
-    def fit(self, *args, **kwargs):
+    def fit(self, train_data, valid_data=None, *args, **kwargs):
         self.claim_checkpoint_file()
         try:
-            result = super().fit(*args, **kwargs)
+            self._measure_restored_best(valid_data)
+            result = super().fit(train_data, valid_data, *args, **kwargs)
         finally:
             self._release_unwritten_checkpoint()
         self._log_epoch()  # the last epoch, when no validation followed it
+        self._log_early_stop()
         return result
+
+    def _measure_restored_best(self, valid_data) -> None:
+        """A resumed run's best validation metrics so far, measured before training on the restored model.
+
+        RecBole's checkpoint keeps the best score but not its metrics, so a resumed run whose epochs never beat it
+        would return none (``best valid: None``).
+        """
+        if getattr(self, "_resumed", False) and valid_data and self.eval_step > 0:
+            self.best_valid_result = self.evaluate(valid_data, load_best_model=False, show_progress=False)
+            self.logger.info(set_color("restored best valid", "blue") + f": {self.best_valid_result}")
+
+    def _log_early_stop(self) -> None:
+        """Say on the console that early stopping ended training (RecBole writes it to the log file only)."""
+        if self.cur_step <= self.stopping_step:  # RecBole stops as soon as cur_step passes stopping_step
+            return
+        last = self.start_epoch + len(self.epoch_seconds) - 1
+        best = last - self.cur_step * self.eval_step
+        EPOCH_LOGGER.info(
+            f"stopped early after epoch {last}: valid {self.valid_metric} did not improve on epoch {best}'s "
+            f"{self.best_valid_score:.4f} in {self.cur_step} validation{'s' if self.cur_step > 1 else ''} "
+            f"(stopping_step {self.stopping_step})"
+        )
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         self._log_epoch()  # the previous epoch, when no validation followed it
