@@ -11,7 +11,7 @@ from recbole_elastic.config import check_config_keys, load_config_files, run_set
 from recbole_elastic.distributed import run_distributed
 from recbole_elastic.errors import ConfigError, ElasticError
 from recbole_elastic.evaluate import evaluate_checkpoint, read_checkpoint_config
-from recbole_elastic.recommend import recommend_to_file
+from recbole_elastic.recommendations import recommend_to_file
 from recbole_elastic.sweep import run_sweep, to_markdown
 from recbole_elastic.utils import get_model
 

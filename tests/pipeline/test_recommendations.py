@@ -15,10 +15,11 @@ import torch
 
 from recbole.data.interaction import Interaction
 
+from recbole_elastic import recommend, recommend_for_histories
 from recbole_elastic.cli import main, parse_args
 from recbole_elastic.errors import ConfigError
 from recbole_elastic.quick_start import load_data_and_model, run
-from recbole_elastic.recommend import recommend, recommend_for_histories, write_recommendations
+from recbole_elastic.recommendations import write_recommendations
 
 from tests.helpers import run_cli_expecting_error, tiny_run_config
 
