@@ -83,14 +83,17 @@ class Expected:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Dict[str, str]:
-    """One-epoch checkpoints on the token dataset: a RecBole built-in sequential model, a plugin model and a
-    general (non-sequential) one; the data path under "data"."""
+    """One-epoch checkpoints on the token dataset: a RecBole built-in sequential model (on the plugin's lazy
+    dataset and on RecBole's dense one), a plugin model and a general (non-sequential) one; the data path under
+    "data"."""
     root = tmp_path_factory.mktemp("recommend")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)  # RecBole's log folders
         data = write_token_dataset(str(root / "data"))
         config = tiny_run_config(data, MAX_ITEM_LIST_LENGTH=MAX_LEN)
         checkpoints = {model: run(model, "tokens", config_dict=config)["model_file"] for model in ("SASRec", "ELASTIC")}
+        dense = {**config, "lazy_sequence_windows": False}  # RecBole's own SequentialDataset
+        checkpoints["SASRec-dense"] = run("SASRec", "tokens", config_dict=dense)["model_file"]
         checkpoints["BPR"] = run("BPR", "tokens", config_dict={**config, "embedding_size": 8})["model_file"]
     return {**checkpoints, "data": data}
 
@@ -100,13 +103,15 @@ def in_tmp_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # RecBole's log folders, and the tests' output files
 
 
-@pytest.mark.parametrize("model", ["SASRec", "ELASTIC"])
+@pytest.mark.parametrize("model", ["SASRec", "ELASTIC", "SASRec-dense"])
 def test_top_k_is_the_models_ranking_after_the_whole_history(trained, model):
     frame = recommend(trained[model], topk=5)
     assert list(frame.columns) == ["user", "rank", "item", "score"]
     histories = raw_histories(trained["data"])
     assert set(frame["user"]) == set(histories) - {LONER}
     expected = Expected(trained[model])
+    dataset_class = "SequentialDataset" if model.endswith("-dense") else "LazySequentialDataset"
+    assert type(expected.dataset).__name__ == dataset_class
     for user, rows in frame.groupby("user"):
         items, scores = expected.top(histories[user], 5, user=user)
         assert list(rows["rank"]) == [1, 2, 3, 4, 5]
