@@ -83,15 +83,16 @@ class Expected:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Dict[str, str]:
-    """One-epoch checkpoints on the token dataset: a RecBole built-in sequential model (on the plugin's lazy
-    dataset and on RecBole's dense one), a plugin model and a general (non-sequential) one; the data path under
-    "data"."""
+    """One-epoch checkpoints on the token dataset: RecBole built-in sequential models (SASRec on the plugin's
+    lazy dataset and on RecBole's dense one, GRU4Rec), a plugin model and a general (non-sequential) one; the
+    data path under "data"."""
     root = tmp_path_factory.mktemp("recommend")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)  # RecBole's log folders
         data = write_token_dataset(str(root / "data"))
         config = tiny_run_config(data, MAX_ITEM_LIST_LENGTH=MAX_LEN)
-        checkpoints = {model: run(model, "tokens", config_dict=config)["model_file"] for model in ("SASRec", "ELASTIC")}
+        sequential = ("SASRec", "GRU4Rec", "ELASTIC")
+        checkpoints = {model: run(model, "tokens", config_dict=config)["model_file"] for model in sequential}
         dense = {**config, "lazy_sequence_windows": False}  # RecBole's own SequentialDataset
         checkpoints["SASRec-dense"] = run("SASRec", "tokens", config_dict=dense)["model_file"]
         checkpoints["BPR"] = run("BPR", "tokens", config_dict={**config, "embedding_size": 8})["model_file"]
@@ -103,7 +104,7 @@ def in_tmp_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # RecBole's log folders, and the tests' output files
 
 
-@pytest.mark.parametrize("model", ["SASRec", "ELASTIC", "SASRec-dense"])
+@pytest.mark.parametrize("model", ["SASRec", "GRU4Rec", "ELASTIC", "SASRec-dense"])
 def test_top_k_is_the_models_ranking_after_the_whole_history(trained, model):
     frame = recommend(trained[model], topk=5)
     assert list(frame.columns) == ["user", "rank", "item", "score"]
