@@ -83,6 +83,7 @@ class Recommender:
                     "recommendations; recommend_for_histories takes their items."
                 )
             return ids
+        users = [users] if isinstance(users, str) else users  # one token, not its characters
         tokens = list(dict.fromkeys(str(user) for user in users))  # each user once, in the order given
         token_ids = self.dataset.field2token_id[self.uid_field]
         unknown = [token for token in tokens if token not in token_ids or token_ids[token] == 0]

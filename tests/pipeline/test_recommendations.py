@@ -181,6 +181,8 @@ def test_a_history_with_no_known_item_is_refused(trained):
 def test_a_user_with_one_interaction_is_skipped_or_explained(trained):
     frame = recommend(trained["SASRec"], topk=2)
     assert LONER not in set(frame["user"])
+    one = recommend(trained["SASRec"], users="user-01", topk=2)  # a single token, not its characters
+    pd.testing.assert_frame_equal(one, frame[frame["user"] == "user-01"].reset_index(drop=True))
     with pytest.raises(ConfigError, match=f"1 users have a single interaction.*'{LONER}'.*recommend_for_histories"):
         recommend(trained["SASRec"], users=["user-01", LONER])
 
