@@ -37,7 +37,9 @@ from recbole_elastic.evaluate import read_checkpoint_config
 from recbole_elastic.quick_start import load_data_and_model
 
 RESULT_COLUMNS = ["user", "rank", "item", "score"]
-DEFAULT_BATCH_SIZE = 256  # users scored at once: [256, n_items] scores
+# Users scored at once. Larger batches are no faster on a CPU: a causal model's [B, N, k, H] states then cost
+# more in allocation (system time) than they save (benchmarks/results/recommend.md).
+DEFAULT_BATCH_SIZE = 64
 
 History = Sequence[Union[str, int]]
 
