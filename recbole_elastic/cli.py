@@ -150,9 +150,10 @@ def evaluate_main(args: argparse.Namespace) -> int:
 def recommend_main(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
     if not args.checkpoint or not args.output:
         raise ConfigError("--recommend needs --checkpoint=PATH (a saved .pth) and --output=FILE (the TSV to write)")
-    if overrides or args.config_files:
-        unused = ", ".join(f"--{key}" for key in overrides) or "--config_files"
-        raise ConfigError(f"--recommend reads every setting from the checkpoint; remove {unused}.")
+    unused = ["--verbose" if key == "verbose_console" else f"--{key}" for key in overrides]
+    unused += ["--config_files"] if args.config_files else []
+    if unused:
+        raise ConfigError(f"--recommend reads every setting from the checkpoint; remove {', '.join(unused)}.")
     try:
         topk = int(args.topk) if args.topk is not None else 10
     except ValueError:
