@@ -18,7 +18,7 @@ of the history, so the dataset's last sample of each user is extended by its own
 
 import os
 from logging import getLogger
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -158,6 +158,7 @@ class Recommender:
         show_progress: bool = False,
     ) -> pd.DataFrame:
         """Top ``topk`` items for ``users`` (external tokens; default every user): see :func:`recommend`."""
+        topk = check_topk(topk)
         uids = self.user_ids(users)
         seen = None if keep_seen else self.seen_items()
         batches = (
@@ -165,7 +166,7 @@ class Recommender:
             for chunk in np.array_split(uids, max(1, -(-len(uids) // batch_size)))
         )
         labels = self.dataset.field2id_token[self.uid_field][uids]
-        return self._top_items(batches, labels, topk, len(uids), batch_size, show_progress)
+        return self._top_items(batches, labels, topk, len(uids), show_progress)
 
     # Histories from outside the dataset ----------------------------------------------------------------------
 
@@ -177,6 +178,7 @@ class Recommender:
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> pd.DataFrame:
         """Top ``topk`` items after each history: see :func:`recommend_for_histories`."""
+        topk = check_topk(topk)
         if isinstance(histories, Mapping):
             labels, item_lists = list(histories.keys()), list(histories.values())
         else:
@@ -220,7 +222,7 @@ class Recommender:
                 seen = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(len(chunk), n_items))
                 yield self.transform(self.dataset, interaction), None if keep_seen else seen
 
-        return self._top_items(batches(), np.asarray(labels, dtype=object), topk, len(known), batch_size, False)
+        return self._top_items(batches(), np.asarray(labels, dtype=object), topk, len(known), False)
 
     # Scoring -------------------------------------------------------------------------------------------------
 
@@ -231,24 +233,15 @@ class Recommender:
         labels: np.ndarray,
         topk: int,
         total: int,
-        batch_size: int,
         show_progress: bool,
     ) -> pd.DataFrame:
         """Score every item for each batch's histories and keep the top ``topk`` (padding and ``seen`` excluded)."""
-        topk = check_topk(topk)
         k = min(topk, self.dataset.item_num)
         device = self.config["device"]
         scores_out, items_out = [], []
         progress = tqdm(total=total, unit="user", desc="recommend", disable=not show_progress)
         for interaction, seen in batches:
-            try:
-                scores = self.model.full_sort_predict(interaction.to(device))
-            except KeyError as error:
-                raise ConfigError(
-                    f"{self.config['model']} reads the field {error} besides the item sequence, which an item history "
-                    "alone does not give: recommend for the dataset's users instead."
-                ) from error
-            scores = scores.view(-1, self.dataset.item_num).float()
+            scores = self.model.full_sort_predict(interaction.to(device)).view(-1, self.dataset.item_num).float()
             scores[:, 0] = -torch.inf  # the padding item
             if seen is not None:
                 rows, columns = seen.nonzero()
@@ -295,7 +288,8 @@ def extend_by_target(dataset, samples: Interaction) -> Interaction:
     return samples
 
 
-def check_topk(topk) -> int:
+def check_topk(topk: Any) -> int:
+    """``topk`` as an int; :class:`ConfigError` unless it is a positive integer."""
     if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
         raise ConfigError(f"topk = {topk!r} is invalid: it must be a positive integer (--topk=10).")
     return int(topk)
