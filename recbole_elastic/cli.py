@@ -11,6 +11,7 @@ from recbole_elastic.config import check_config_keys, load_config_files, protoco
 from recbole_elastic.distributed import run_distributed
 from recbole_elastic.errors import ConfigError, ElasticError
 from recbole_elastic.evaluate import evaluate_checkpoint, read_checkpoint_config
+from recbole_elastic.recommendations import recommend_to_file
 from recbole_elastic.sweep import run_sweep, to_markdown
 from recbole_elastic.utils import get_model
 
@@ -46,6 +47,16 @@ def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
     parser.add_argument(
         "--eval_only", action="store_true", help="with --checkpoint: only evaluate the saved model on the test split"
     )
+    recommending = parser.add_argument_group("top-k recommendations from a checkpoint (--recommend)")
+    recommending.add_argument(
+        "--recommend", action="store_true", help="write each user's top-k items from --checkpoint to --output"
+    )
+    # Without --recommend, --topk stays RecBole's key (the metrics' cut-offs, e.g. --topk=[10,20]).
+    recommending.add_argument("--topk", default=None, help="with --recommend: items per user (default 10)")
+    recommending.add_argument("--users", default=None, help="a file of user tokens, one a line (default every user)")
+    recommending.add_argument("--output", default=None, help="the TSV to write: user, rank, item, score")
+    recommending.add_argument("--keep_seen", action="store_true", help="do not exclude the items in the history")
+    recommending.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument(
         "--verbose",
         action="store_true",
@@ -60,6 +71,8 @@ def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
         overrides[key] = value
     if args.verbose:
         overrides["verbose_console"] = True
+    if args.topk is not None and not args.recommend:
+        overrides["topk"] = args.topk
     return args, overrides
 
 
@@ -84,6 +97,8 @@ def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
     config_files = [protocol_file(args.protocol)] if args.protocol else []
     config_files += args.config_files.split() if args.config_files else []
     file_settings = load_config_files(config_files)
+    if args.recommend:
+        return recommend_main(args, overrides)
     if args.eval_only:
         return evaluate_main(args)
     models = [name.strip() for name in args.model.split(",") if name.strip()]
@@ -138,6 +153,30 @@ def evaluate_main(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.checkpoint)
     print(f"\n{result['model']} on {result['dataset']}, {result['model_file']}")
     print(f"test: {format_metrics(result['test_result'])}")
+    return 0
+
+
+def recommend_main(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
+    if not args.checkpoint or not args.output:
+        raise ConfigError("--recommend needs --checkpoint=PATH (a saved .pth) and --output=FILE (the TSV to write)")
+    unused = ["--verbose" if key == "verbose_console" else f"--{key}" for key in overrides]
+    unused += ["--config_files"] if args.config_files else []
+    if unused:
+        raise ConfigError(f"--recommend reads every setting from the checkpoint; remove {', '.join(unused)}.")
+    try:
+        topk = int(args.topk) if args.topk is not None else 10
+    except ValueError:
+        raise ConfigError(f"--topk takes a positive integer, got '{args.topk}'") from None
+    counts = recommend_to_file(
+        args.checkpoint,
+        args.output,
+        topk=topk,
+        users_file=args.users,
+        keep_seen=args.keep_seen,
+        overwrite=args.overwrite,
+        show_progress=sys.stdout.isatty(),
+    )
+    print(f"top-{topk} items for {counts['users']} users written to {args.output} ({counts['rows']} rows)")
     return 0
 
 
