@@ -106,12 +106,12 @@ def test_the_own_dataset_recipes_run_on_a_long_history_dataset(tmp_path, monkeyp
 
     assert main(long_history + TINY) == 0
     out = capsys.readouterr().out
-    assert "CausalELASTIC on mine (1 epochs" in out and "best valid (NDCG@10 = " in out
+    assert "ChunkedELASTIC on mine (1 epochs" in out and "best valid (NDCG@10 = " in out
     checkpoint = out.split("checkpoint: ")[1].strip()
     trained = load_checkpoint(checkpoint)["config"]
     # the fast scheme (every position of each window) at a long N, with the recommended settings and the protocol
-    assert trained["model"] == "CausalELASTIC" and trained["train_all_positions"] is True
-    assert trained["MAX_ITEM_LIST_LENGTH"] == 200 and trained["causal_recency_bias"] is True
+    assert trained["model"] == "ChunkedELASTIC" and trained["train_all_positions"] is True
+    assert trained["MAX_ITEM_LIST_LENGTH"] == 200 and trained["learning_rate"] == 0.002
     assert trained["valid_metric"] == "NDCG@10" and trained["eval_args"]["split"] == {"LS": "valid_and_test"}
 
 
