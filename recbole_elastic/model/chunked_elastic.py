@@ -46,7 +46,7 @@ from torch import nn
 
 from recbole_elastic.model.abstract import inference
 from recbole_elastic.model.all_positions import AllPositionsMixin
-from recbole_elastic.model.causal_elastic import causal_query_norm, check_causal_query_norm
+from recbole_elastic.model.causal_elastic import causal_query_norm, check_causal_query_norm, interest_block_sizes
 from recbole_elastic.model.chunked_layers import ChunkedDispatcherBlock, RunningSoftmax
 from recbole_elastic.model.elastic import ELASTIC
 from recbole_elastic.model.elastic import check_hyperparameters as check_elastic_hyperparameters
@@ -91,16 +91,8 @@ class ChunkedELASTIC(AllPositionsMixin, ELASTIC):
 
     def make_dispatcher_block(self, config) -> nn.Module:
         return ChunkedDispatcherBlock(
-            hidden_size=self.hidden_size,
-            n_heads=self.n_heads,
-            n_interests=self.n_interests,
-            inner_size=self.inner_size,
-            hidden_dropout_prob=self.hidden_dropout_prob,
-            attn_dropout_prob=self.attn_dropout_prob,
-            hidden_act=self.hidden_act,
-            layer_norm_eps=self.layer_norm_eps,
+            **interest_block_sizes(self),
             chunk_size=config["interest_chunk_size"],
-            initializer_range=self.initializer_range,
             interest_ffn=config["interest_ffn"],
             local_attention=config["local_attention"],
             recency_bias=config["causal_recency_bias"],

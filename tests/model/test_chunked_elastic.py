@@ -9,6 +9,7 @@ from recbole_elastic.model.chunked_layers import chunk_prefix_softmax
 from tests.helpers import PADDING_SEQUENCES as SEQUENCES
 from tests.helpers import assert_rejects_hyperparameter, build_model, padded_batch, randomise_biases_and_gains
 from tests.model import reference
+from tests.model.test_causal_elastic import stream
 
 SMALL = {"hidden_size": 16, "inner_size": 32, "n_interests": 4, "memory_keys": 8, "memory_topk": 3}
 
@@ -145,16 +146,6 @@ def test_bad_hyperparameter_names_chunked_elastic_and_the_key(key, value, allowe
 
 
 # ----- streaming -----
-
-
-def stream(model, sequences):
-    """Each event's output ``[B, L, H]`` and the final state, folding one event per user at a time."""
-    state = model.init_stream_state(len(sequences))
-    outputs = []
-    for t in range(len(sequences[0])):
-        state = model.stream_update(state, torch.tensor([items[t] for items in sequences]))
-        outputs.append(state.output)
-    return torch.stack(outputs, dim=1), state
 
 
 @pytest.mark.parametrize(
