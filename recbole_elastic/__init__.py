@@ -13,7 +13,8 @@ except ImportError as error:  # on Python 3.12+ pip cannot install RecBole 1.2.1
     ) from error
 
 from recbole_elastic.model import ELASTIC, LinRec  # noqa: E402
+from recbole_elastic.recommendations import recommend, recommend_for_histories  # noqa: E402
 from recbole_elastic.registration import register  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ELASTIC", "LinRec", "register", "__version__"]
+__all__ = ["ELASTIC", "LinRec", "recommend", "recommend_for_histories", "register", "__version__"]

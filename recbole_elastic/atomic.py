@@ -1,6 +1,8 @@
-"""Atomic file writes: readers never see half a file (checkpoints, results, rank exchange files)."""
+"""Atomic file writes (readers never see half a file: checkpoints, results, rank exchange files) and file names
+claimed atomically (two processes never get the same one)."""
 
 import contextlib
+import itertools
 import os
 from typing import Iterator
 
@@ -26,3 +28,20 @@ def atomic_write(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically (see ``atomic_path``)."""
     with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def claim_new_file(stem: str, suffix: str) -> str:
+    """Create the first free one of ``stem + suffix``, ``stem + "-1" + suffix``, ``stem + "-2" + suffix``, ...
+    as an empty file and return its path.
+
+    Exclusive creation (``O_CREAT | O_EXCL``) makes the check and the creation one step, so processes choosing a
+    name at the same moment each get their own: checking that a name is free and writing it later lets two of
+    them choose the same name before either file exists.
+    """
+    for count in itertools.count():
+        path = f"{stem}{suffix}" if count == 0 else f"{stem}-{count}{suffix}"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            continue
+        return path

@@ -7,11 +7,12 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from recbole_elastic import compat
-from recbole_elastic.config import check_config_keys, load_config_files, run_settings
+from recbole_elastic.config import check_config_keys, load_config_files, protocol_file, run_settings
 from recbole_elastic.distributed import run_distributed
 from recbole_elastic.errors import ConfigError, ElasticError
 from recbole_elastic.evaluate import evaluate_checkpoint, read_checkpoint_config
 from recbole_elastic.export import export_checkpoint
+from recbole_elastic.recommendations import recommend_to_file
 from recbole_elastic.sweep import run_sweep, to_markdown
 from recbole_elastic.utils import get_model
 
@@ -27,6 +28,12 @@ def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (ml-100k ships with RecBole)")
     parser.add_argument("--config_files", default=None, help="config files, separated by spaces")
     parser.add_argument(
+        "--protocol",
+        default=None,
+        help="a shipped evaluation protocol, read before --config_files: loo (leave-one-out by time, full ranking, "
+        "NDCG@10 validation, early stopping; recbole_elastic/properties/protocol/loo.yaml)",
+    )
+    parser.add_argument(
         "--seeds", default=None, help="comma-separated seeds; with several models or seeds the run is a sweep"
     )
     parser.add_argument(
@@ -41,13 +48,27 @@ def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
     parser.add_argument(
         "--eval_only", action="store_true", help="with --checkpoint: only evaluate the saved model on the test split"
     )
+    recommending = parser.add_argument_group("top-k recommendations from a checkpoint (--recommend)")
+    recommending.add_argument(
+        "--recommend", action="store_true", help="write each user's top-k items from --checkpoint to --output"
+    )
+    # Without --recommend, --topk stays RecBole's key (the metrics' cut-offs, e.g. --topk=[10,20]).
+    recommending.add_argument("--topk", default=None, help="with --recommend: items per user (default 10)")
+    recommending.add_argument("--users", default=None, help="a file of user tokens, one a line (default every user)")
+    recommending.add_argument(
+        "--output",
+        default=None,
+        help="--recommend: the TSV to write (user, rank, item, score); --export: the folder (default: the "
+        "checkpoint's path without .pth, plus -onnx)",
+    )
+    recommending.add_argument("--keep_seen", action="store_true", help="do not exclude the items in the history")
+    recommending.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument(
         "--export",
         choices=["onnx"],
         default=None,
         help="with --checkpoint: write the model for serving (ONNX user tower, item matrix, id maps) to --output",
     )
-    parser.add_argument("--output", default=None, help="--export's folder (default: the checkpoint's name + -onnx)")
     parser.add_argument(
         "--verbose",
         action="store_true",
@@ -62,6 +83,8 @@ def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
         overrides[key] = value
     if args.verbose:
         overrides["verbose_console"] = True
+    if args.topk is not None and not args.recommend:
+        overrides["topk"] = args.topk
     return args, overrides
 
 
@@ -83,9 +106,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
     """Check the user's keys, then evaluate, sweep, resume or run."""
     check_config_keys(overrides, "command line")
-    file_settings = load_config_files(args.config_files.split() if args.config_files else None)
+    config_files = [protocol_file(args.protocol)] if args.protocol else []
+    config_files += args.config_files.split() if args.config_files else []
+    file_settings = load_config_files(config_files)
     if args.export:
         return export_main(args)
+    if args.recommend:
+        return recommend_main(args, overrides)
     if args.eval_only:
         return evaluate_main(args)
     models = [name.strip() for name in args.model.split(",") if name.strip()]
@@ -123,10 +150,11 @@ def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
         epochs += f" ({first}..{first + count - 1})" if count else " (the checkpoint had reached --epochs)"
         epochs += f" after resuming from {args.checkpoint}"
     print(f"\n{result['model']} on {result['dataset']} ({epochs}, {result['params']} parameters, {result['device']})")
-    print(
-        f"best valid ({result['valid_metric']} = {result['best_valid_score']:.4f}): "
-        f"{format_metrics(result['best_valid_result'])}"
-    )
+    if result["best_valid_result"]:
+        best = format_metrics(result["best_valid_result"])
+        print(f"best valid ({result['valid_metric']} = {result['best_valid_score']:.4f}): {best}")
+    else:  # eval_step <= 0: RecBole never validates
+        print("best valid: none (no validation ran; the last epoch's model was tested)")
     print(f"test: {format_metrics(result['test_result'])}")
     print(f"checkpoint: {result['model_file']}")
     return 0
@@ -153,6 +181,30 @@ def export_main(args: argparse.Namespace) -> int:
         f"maps written to {output}"
     )
     print(f"onnxruntime vs PyTorch user vectors: max abs difference {manifest['onnx_vs_pytorch_max_abs_diff']:.1e}")
+    return 0
+
+
+def recommend_main(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
+    if not args.checkpoint or not args.output:
+        raise ConfigError("--recommend needs --checkpoint=PATH (a saved .pth) and --output=FILE (the TSV to write)")
+    unused = ["--verbose" if key == "verbose_console" else f"--{key}" for key in overrides]
+    unused += ["--config_files"] if args.config_files else []
+    if unused:
+        raise ConfigError(f"--recommend reads every setting from the checkpoint; remove {', '.join(unused)}.")
+    try:
+        topk = int(args.topk) if args.topk is not None else 10
+    except ValueError:
+        raise ConfigError(f"--topk takes a positive integer, got '{args.topk}'") from None
+    counts = recommend_to_file(
+        args.checkpoint,
+        args.output,
+        topk=topk,
+        users_file=args.users,
+        keep_seen=args.keep_seen,
+        overwrite=args.overwrite,
+        show_progress=sys.stdout.isatty(),
+    )
+    print(f"top-{topk} items for {counts['users']} users written to {args.output} ({counts['rows']} rows)")
     return 0
 
 

@@ -13,6 +13,9 @@ Other differences from RecBole's ``Config``:
   raises otherwise, even for SASRec) and for the plugin's ``SampledSoftmax`` (the model draws its own negatives),
   one uniform negative for BPR;
 * distributed runs on CPU join their process group with gloo (RecBole hard-codes NCCL and CUDA);
+* ``warmup_steps`` and ``lr_schedule`` (the trainers' learning-rate schedule) are checked when the config is built;
+* ``show_progress`` defaults to False when the progress bars' stream (stderr) is not a terminal: tqdm redraws a
+  bar with ``\\r``, so in a file or a pipe every bar becomes one long line. A value the user set still wins;
 * constructing one applies the plugin's compatibility shims (``compat.apply``) first.
 
 The module also reads the user's config files, checks every key against what RecBole and the plugin know, and
@@ -24,6 +27,7 @@ import functools
 import glob
 import os
 import re
+import sys
 from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
@@ -35,6 +39,7 @@ from recbole_elastic import compat
 from recbole_elastic.errors import ConfigError
 from recbole_elastic.model.sampled_softmax import SAMPLED_SOFTMAX
 from recbole_elastic.process_group import distributed_on_cuda, init_cpu_process_group
+from recbole_elastic.schedule import learning_rate_schedule
 from recbole_elastic.utils import RECBOLE_DIR, get_model
 
 # RecBole's own loader, captured before ``register()`` installs the plugin's hook on RecBole's Config.
@@ -47,6 +52,23 @@ OVERRIDES_KEY = "model_overrides"
 DISTRIBUTED_KEYS = ("local_rank", "nproc", "world_size", "ip", "port", "offset")
 
 BPR_DEFAULT_NEGATIVES = {"distribution": "uniform", "sample_num": 1, "alpha": 1.0, "dynamic": False, "candidate_num": 0}
+
+
+def shipped_protocols() -> List[str]:
+    """Names of the evaluation protocols the plugin ships (``properties/protocol/<name>.yaml``)."""
+    return sorted(os.path.splitext(name)[0] for name in os.listdir(os.path.join(PROPERTIES_DIR, "protocol")))
+
+
+def protocol_file(name: str) -> str:
+    """Path of the shipped protocol ``name`` (``--protocol=loo``), a config file for RecBole's ``config_file_list``
+    or :func:`load_config_files`."""
+    path = plugin_yaml("protocol", name)
+    if path is None:
+        raise ConfigError(
+            f"Unknown protocol '{name}': the plugin ships {', '.join(shipped_protocols())} "
+            "(recbole_elastic/properties/protocol/). Use --protocol=loo, or --config_files=YOUR.yaml for your own."
+        )
+    return path
 
 
 def plugin_yaml(kind: str, name: str) -> Optional[str]:
@@ -113,7 +135,10 @@ class ElasticConfig(Config):
     def _get_final_config_dict(self) -> Dict:
         final = super()._get_final_config_dict()
         final.setdefault("verbose_console", False)  # RecBole's config dump, model repr and info lines on the console
+        if "show_progress" not in self.external_config_dict and not progress_bars_reach_a_terminal():
+            final["show_progress"] = False
         align_negative_sampling(final, self.external_config_dict)
+        learning_rate_schedule(final)  # a bad warmup_steps or lr_schedule stops the run before the data is read
         return final
 
     def _init_device(self) -> None:
@@ -129,6 +154,12 @@ class ElasticConfig(Config):
         else:
             init_cpu_process_group(final)
         final["use_gpu"] = final["device"].type == "cuda"  # RecBole leaves True on a machine without a GPU
+
+
+def progress_bars_reach_a_terminal() -> bool:
+    """Whether RecBole's progress bars (tqdm, written to stderr) are drawn on a terminal."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def negatives_for(loss_type: Optional[str]) -> Optional[Dict]:

@@ -1,10 +1,18 @@
 """Stop before the first batch when the output layer's logits cannot fit in memory.
 
-Full CE scores every training target against every item: a ``[train_batch_size, n_items]`` float tensor, and at
-the peak of a training step up to three of them (the logits, their log-softmax, and its gradient; on CPU with
-torch 2.13 we measured 2.1 to 3.0 copies, depending on the allocator's reuse of freed memory). On amazon-books
-(155,749 items) at RecBole's batch of 2,048 that is up to 3.8 GB for the output layer alone; without this check
-the run would fail with an out-of-memory error in the middle of its first epoch.
+Full CE scores every training target against every item: a ``[train_batch_size, n_items]`` float tensor. At the
+peak of a training step three of them are alive (in the backward of the log-softmax: its saved output, the
+gradient arriving from the loss and the gradient it returns). The sampled softmax scores each target against
+``1 + negatives`` candidates and holds, at its peak (the forward's log-softmax), three float
+``[targets, candidates]`` tensors (the masked negative logits, their concatenation with the positive's, the
+log-softmax), the boolean accidental-hit mask ``[targets, negatives]`` (saved for the backward of ``masked_fill``)
+and the negatives' embeddings ``[negatives, hidden_size]`` (saved for the backward of the product).
+:func:`output_layer_bytes` counts all of these and adds :data:`MARGIN` for the step's small tensors and the
+allocator's rounding. Measured in a fresh process on CPU (torch 2.13, glibc; ``tests/pipeline/test_memory_guard.py``):
+CE adds 3.00 logit copies, the sampled softmax 3.33 (3.25 of them the three copies and the mask), both within
+0.7% of the counted tensors. On amazon-books (155,749 items) at RecBole's batch of 2,048, CE needs about 3.7 GiB
+for the output layer alone; without this check the run would fail with an out-of-memory error in the middle of
+its first epoch.
 
 :func:`check_output_memory` estimates that size for the run's ``loss_type`` and batch, compares it with the memory
 the device has free (CUDA: ``torch.cuda.mem_get_info``; CPU: ``MemAvailable`` and the cgroup's limit), and raises
@@ -22,8 +30,10 @@ from recbole.utils import ModelType
 from recbole_elastic.errors import ConfigError
 from recbole_elastic.model.sampled_softmax import SAMPLED_SOFTMAX
 
-LOGIT_COPIES = 3  # at most this many [targets, candidates] float tensors alive at the peak of a CE step
+LOGIT_COPIES = 3  # [targets, candidates] float tensors alive at the peak of a step (CE and the sampled softmax)
 BYTES_PER_LOGIT = 4  # float32
+BYTES_PER_MASK_ENTRY = 1  # torch.bool: the sampled softmax's accidental-hit mask [targets, negatives]
+MARGIN = 1.05  # the step's small tensors ([targets, hidden] outputs and gradients, index vectors), page rounding
 
 
 def output_candidates(config, n_items: int) -> int:
@@ -37,8 +47,15 @@ def output_candidates(config, n_items: int) -> int:
 
 
 def output_layer_bytes(config, n_items: int) -> int:
-    """Estimated peak bytes of the output layer's logits in one training step (``train_batch_size`` targets)."""
-    return config["train_batch_size"] * output_candidates(config, n_items) * BYTES_PER_LOGIT * LOGIT_COPIES
+    """Estimated peak bytes of the output layer in one training step (``train_batch_size`` targets): every tensor
+    alive at its peak for the run's ``loss_type`` (see the module docstring), times :data:`MARGIN`."""
+    targets, candidates = config["train_batch_size"], output_candidates(config, n_items)
+    counted = targets * candidates * BYTES_PER_LOGIT * LOGIT_COPIES
+    if config["loss_type"] == SAMPLED_SOFTMAX:
+        negatives = candidates - 1
+        counted += targets * negatives * BYTES_PER_MASK_ENTRY  # the accidental-hit mask
+        counted += negatives * config["hidden_size"] * BYTES_PER_LOGIT  # the negatives' embeddings
+    return int(counted * MARGIN)
 
 
 def available_bytes(device: torch.device) -> Optional[int]:

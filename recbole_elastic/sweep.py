@@ -77,9 +77,12 @@ def run_sweep(
     file_settings = file_settings or {}
     rows = []
     started = time.perf_counter()
-    for model in models:
+    for model_index, model in enumerate(models):
         runs, error = [], None
-        for seed in seeds:
+        for seed_index, seed in enumerate(seeds):
+            # One header per run: the epoch lines that follow do not say which model and seed they belong to.
+            run_number = model_index * len(seeds) + seed_index + 1
+            print(f"[{run_number}/{len(models) * len(seeds)}] {model} seed {seed}", flush=True)
             config_dict = run_settings(
                 model, file_settings, overrides, quick_start_budget=quick_start_budget, seed=seed
             )
@@ -88,6 +91,7 @@ def run_sweep(
             except Exception as exc:  # one model's failure must not stop the sweep
                 error = f"{type(exc).__name__}: {exc}"
                 runs.append({"seed": seed, "error": error, "traceback": traceback.format_exc()})
+                print(f"{model} seed {seed} failed ({error}); its other seeds are skipped", flush=True)
                 break
         rows.append(summarise(model, runs, error))
     valid_metric = next((r["runs"][0]["valid_metric"].lower() for r in rows if r["status"] == "ok"), None)

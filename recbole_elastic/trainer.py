@@ -3,14 +3,16 @@
 * :class:`ElasticTrainer` is RecBole's ``Trainer`` that also times each training epoch, keeps the validation score
   of each evaluation, and writes checkpoints atomically (RecBole writes in place, so a crash mid-write would leave
   half a checkpoint where the last good one was). Checkpoints are named ``<model>-<dataset>-<time>.pth`` (``-1``,
-  ``-2``, ... after the time when a run in the same second has one), and a
-  resumed run writes its own file (RecBole would keep saving into, and so replace, the file it resumed from).
+  ``-2``, ... after the time when a run in the same second has one), a name claimed by creating the file when
+  training starts (RecBole only checks a name when the trainer is built, so two runs started in the same second
+  would share one file), and a resumed run writes its own file (RecBole would keep saving into, and so replace,
+  the file it resumed from).
 * :class:`DistributedElasticTrainer` is that trainer for distributed configs (``single_spec`` False). RecBole
   1.2.1 assumes CUDA and a shared clock; this trainer
 
   - builds DDP without ``device_ids`` on CPU (a CPU module rejects them), and converts BatchNorm layers to
     SyncBatchNorm only on CUDA (it only runs on GPUs);
-  - gives every rank rank 0's checkpoint file name (RecBole derives it from each process's local time);
+  - gives every rank the checkpoint file name rank 0 claimed (RecBole derives it from each process's local time);
   - before loading the best model, waits for every rank (barrier); then rank 0 reads the checkpoint it wrote and
     broadcasts the weights, so the other ranks, even on other machines, never read a file they may not have;
   - after training, compares digests of the ranks' parameters (logged if they differ: gradients were not
@@ -22,13 +24,14 @@
   row-sparse gradient tables (ELASTIC's interest memory with ``memory_sparse_updates``), which get a lazy Adam that
   updates only the rows a batch touched (:class:`SparseOptimizerMixin`). ``register()`` makes
   :class:`SparseAwareTrainer` RecBole's ``ELASTICTrainer``, so RecBole's own ``run_recbole`` trains it too.
+* Both follow the learning-rate warmup and decay of ``warmup_steps`` and ``lr_schedule`` when set
+  (:class:`LearningRateScheduleMixin`, :mod:`recbole_elastic.schedule`); by default RecBole's constant rate.
 
 Models whose RecBole trainer is not ``Trainer`` itself (S3Rec's pre-training trainer, knowledge-aware models'
 trainers) get the same behaviour through the same mixins on top of their own trainer class.
 """
 
 import functools
-import itertools
 import os
 import time
 from logging import getLogger
@@ -42,12 +45,13 @@ from recbole.trainer import Trainer
 from recbole.utils import get_local_time, set_color
 from recbole.utils import get_trainer as recbole_get_trainer
 
-from recbole_elastic.atomic import atomic_path
+from recbole_elastic.atomic import atomic_path, claim_new_file
 from recbole_elastic.compat import load_checkpoint
 from recbole_elastic.memory_guard import check_output_memory
 from recbole_elastic.optim import build_optimizer, prepare_sparse_gradients_for_ddp
 from recbole_elastic.optim import sync_grad_loss as sparse_aware_sync_grad_loss
 from recbole_elastic.process_group import broadcast_object, gather_object, parameter_digest
+from recbole_elastic.schedule import attach_schedule, learning_rate_schedule
 
 # One line per epoch on a quiet console (see quick_start.start_logging); RecBole's own lines go to the log file.
 EPOCH_LOGGER = getLogger("recbole_elastic.epochs")
@@ -81,6 +85,32 @@ class OutputMemoryGuardMixin:
         return super().fit(*args, **kwargs)
 
 
+class LearningRateScheduleMixin:
+    """Learning-rate warmup and decay (``warmup_steps``, ``lr_schedule``) on top of any RecBole trainer, stepped
+    once per optimizer step; see :mod:`recbole_elastic.schedule`. By default (no warmup, constant) nothing is
+    attached: RecBole's constant learning rate."""
+
+    def __init__(self, config, model) -> None:
+        self.lr_schedule = learning_rate_schedule(config)  # a bad value stops the run before the trainer is built
+        super().__init__(config, model)
+
+    def fit(self, train_data, *args, **kwargs):
+        if self.lr_schedule.is_constant:
+            return super().fit(train_data, *args, **kwargs)
+        steps_per_epoch = len(train_data)  # this rank's batches under DDP: one optimizer step each
+        handles = attach_schedule(
+            self.optimizer,
+            self.lr_schedule,
+            total_steps=self.epochs * steps_per_epoch,
+            first_step=self.start_epoch * steps_per_epoch,  # a resumed run continues where its checkpoint ended
+        )
+        try:
+            return super().fit(train_data, *args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
 class RecordingMixin:
     """Epoch times, the validation curve and atomic checkpoint writes, on top of any RecBole trainer."""
 
@@ -89,12 +119,29 @@ class RecordingMixin:
         self.epoch_seconds: List[float] = []  # wall time of each training epoch run
         self.valid_curve: List[float] = []  # the validation score after each evaluation
         self._epoch_line: Optional[str] = None  # the last training epoch's console line, until validation ends it
-        stem = os.path.join(self.checkpoint_dir, f"{config['model']}-{config['dataset']}-{get_local_time()}")
-        self.saved_model_file = f"{stem}.pth"
-        for count in itertools.count(1):  # the time has one-second resolution: runs in one second get -1, -2, ...
-            if not os.path.exists(self.saved_model_file):
-                break
-            self.saved_model_file = f"{stem}-{count}.pth"
+        model_and_data = f"{config['model']}-{config['dataset']}"
+        self.checkpoint_stem = os.path.join(self.checkpoint_dir, f"{model_and_data}-{self.checkpoint_time()}")
+        self.saved_model_file = f"{self.checkpoint_stem}.pth"  # the name wanted; claimed when training starts
+        self._claimed_file: Optional[str] = None  # the empty file this process created to claim its name
+
+    def checkpoint_time(self) -> str:
+        """The time in this run's checkpoint name: RecBole's, to the second."""
+        return get_local_time()
+
+    def claim_checkpoint_file(self) -> None:
+        """Claim this run's checkpoint name by creating it: ``<stem>.pth``, else ``<stem>-1.pth``, ... (runs started
+        in the same second, even side by side in other processes, get distinct files). Called when training starts
+        or resumes, so a trainer that only evaluates creates nothing; a claim already made is kept."""
+        if self._claimed_file is None:
+            self._claimed_file = claim_new_file(self.checkpoint_stem, ".pth")
+        self.saved_model_file = self._claimed_file
+
+    def _release_unwritten_checkpoint(self) -> None:
+        """Remove the claimed file if no checkpoint was written into it (``saved=False``, or a failure first)."""
+        claimed = self._claimed_file
+        if claimed and os.path.isfile(claimed) and os.path.getsize(claimed) == 0:  # a checkpoint is never empty
+            os.unlink(claimed)
+            self._claimed_file = None
 
     def resume_checkpoint(self, resume_file: str) -> None:
         """RecBole's resume (weights, optimiser, best score, next epoch), saving into this run's own file.
@@ -102,15 +149,43 @@ class RecordingMixin:
         The resumed state is written to that file at once, so it holds the best model so far even if training
         never improves on it; the file resumed from is never written.
         """
-        own_file = self.saved_model_file
         super().resume_checkpoint(resume_file)
-        self.saved_model_file = own_file
+        self.claim_checkpoint_file()  # RecBole points saved_model_file at the file resumed from: this run's own
         self._save_checkpoint(self.start_epoch - 1, verbose=False)
+        self._resumed = True
 
-    def fit(self, *args, **kwargs):
-        result = super().fit(*args, **kwargs)
+    def fit(self, train_data, valid_data=None, *args, **kwargs):
+        self.claim_checkpoint_file()
+        try:
+            self._measure_restored_best(valid_data)
+            result = super().fit(train_data, valid_data, *args, **kwargs)
+        finally:
+            self._release_unwritten_checkpoint()
         self._log_epoch()  # the last epoch, when no validation followed it
+        self._log_early_stop()
         return result
+
+    def _measure_restored_best(self, valid_data) -> None:
+        """A resumed run's best validation metrics so far, measured before training on the restored model.
+
+        RecBole's checkpoint keeps the best score but not its metrics, so a resumed run whose epochs never beat it
+        would return none (``best valid: None``).
+        """
+        if getattr(self, "_resumed", False) and valid_data and self.eval_step > 0:
+            self.best_valid_result = self.evaluate(valid_data, load_best_model=False, show_progress=False)
+            self.logger.info(set_color("restored best valid", "blue") + f": {self.best_valid_result}")
+
+    def _log_early_stop(self) -> None:
+        """Say on the console that early stopping ended training (RecBole writes it to the log file only)."""
+        if self.cur_step <= self.stopping_step:  # RecBole stops as soon as cur_step passes stopping_step
+            return
+        last = self.start_epoch + len(self.epoch_seconds) - 1
+        best = last - self.cur_step * self.eval_step
+        EPOCH_LOGGER.info(
+            f"stopped early after epoch {last}: valid {self.valid_metric} did not improve on epoch {best}'s "
+            f"{self.best_valid_score:.4f} in {self.cur_step} validation{'s' if self.cur_step > 1 else ''} "
+            f"(stopping_step {self.stopping_step})"
+        )
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         self._log_epoch()  # the previous epoch, when no validation followed it
@@ -170,8 +245,13 @@ class DistributedMixin:
         self.distributed_model = DistributedDataParallel(
             self.model, device_ids=[config["local_rank"]] if on_cuda else None
         )
-        self.saved_model_file = broadcast_object(self.saved_model_file)
         self.rank_parameter_digests: List[str] = []
+
+    def claim_checkpoint_file(self) -> None:
+        """Rank 0 claims the checkpoint name; every rank gets it (fit and resume run on all ranks)."""
+        if dist.get_rank() == 0:
+            super().claim_checkpoint_file()
+        self.saved_model_file = broadcast_object(self.saved_model_file)
 
     def fit(self, *args, **kwargs):
         result = super().fit(*args, **kwargs)
@@ -209,9 +289,9 @@ class DistributedMixin:
         }
 
 
-class SparseAwareTrainer(OutputMemoryGuardMixin, SparseOptimizerMixin, Trainer):
-    """RecBole's ``Trainer`` for models with row-sparse gradient tables, with the output-memory check (RecBole's
-    ``<Model>Trainer`` for the plugin's models after ``register()``)."""
+class SparseAwareTrainer(LearningRateScheduleMixin, OutputMemoryGuardMixin, SparseOptimizerMixin, Trainer):
+    """RecBole's ``Trainer`` for models with row-sparse gradient tables, with the output-memory check and the
+    learning-rate schedule (RecBole's ``<Model>Trainer`` for the plugin's models after ``register()``)."""
 
 
 class ElasticTrainer(RecordingMixin, SparseAwareTrainer):
@@ -232,7 +312,7 @@ def get_trainer(config) -> Type:
 def _trainer_class(base: Type, distributed: bool) -> Type:
     if base in (Trainer, SparseAwareTrainer):
         return DistributedElasticTrainer if distributed else ElasticTrainer
-    mixins = (RecordingMixin, OutputMemoryGuardMixin, SparseOptimizerMixin)
+    mixins = (RecordingMixin, LearningRateScheduleMixin, OutputMemoryGuardMixin, SparseOptimizerMixin)
     mixins = (DistributedMixin, *mixins) if distributed else mixins
     prefix = "DistributedRecording" if distributed else "Recording"
     return type(f"{prefix}{base.__name__}", (*mixins, base), {})

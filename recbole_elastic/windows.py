@@ -286,8 +286,8 @@ def check_window_settings(config) -> None:
     model = config["model"]
     if config["MODEL_TYPE"] != ModelType.SEQUENTIAL or not hasattr(get_model(model), "forward_all_positions"):
         raise ConfigError(
-            "train_all_positions needs a model that scores every position causally (CausalELASTIC, CausalSASRec, "
-            f"CausalLinRec); {model} reads one position per sample. Set train_all_positions=False for it."
+            "train_all_positions needs a model that scores every position causally (ChunkedELASTIC, CausalELASTIC, "
+            f"CausalSASRec, CausalLinRec); {model} reads one position per sample. Set train_all_positions=False for it."
         )
     eval_args = config["eval_args"] or {}
     order, group_by = eval_args.get("order"), eval_args.get("group_by")

@@ -74,8 +74,10 @@ class DotProductSequentialRecommender(SequentialRecommender):
             module.bias.data.zero_()
 
     def embed_input(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """Item + position embeddings, LayerNorm, dropout: ``[B, N]`` -> ``[B, N, H]``."""
+        """Item + position embeddings, LayerNorm, dropout: ``[B, N]`` -> ``[B, N, H]``. Positions past the position
+        table (a causal model reading a longer history, or its padded last chunk) reuse its last embedding."""
         position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
+        position_ids = position_ids.clamp(max=self.max_seq_length - 1)
         input_emb = self.item_embedding(item_seq) + self.position_embedding(position_ids).unsqueeze(0)
         return self.dropout(self.LayerNorm(input_emb))
 

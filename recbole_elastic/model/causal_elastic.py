@@ -63,7 +63,7 @@ model trained on windows of N items then reads longer contexts than it was train
 """
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -114,6 +114,13 @@ def check_causal_query_norm(checker: HyperparameterChecker, config) -> None:
         )
 
 
+def interest_block_sizes(model: ELASTIC) -> Dict[str, Any]:
+    """The sizes, dropouts and initialisation a causal model's dispatcher blocks take from it."""
+    keys = ("hidden_size", "n_heads", "n_interests", "inner_size", "hidden_dropout_prob", "attn_dropout_prob")
+    keys += ("hidden_act", "layer_norm_eps", "initializer_range")
+    return {key: getattr(model, key) for key in keys}
+
+
 def causal_query_norm(config) -> str:
     """``memory_query_norm``; a checkpoint saved before the key existed had ``memory_query_batchnorm``, whose
     evaluation (BatchNorm on its running statistics) ``running`` reproduces exactly."""
@@ -138,26 +145,11 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
 
     def make_dispatcher_block(self, config) -> nn.Module:
         return CausalDispatcherBlock(
-            hidden_size=self.hidden_size,
-            n_heads=self.n_heads,
-            n_interests=self.n_interests,
-            inner_size=self.inner_size,
-            hidden_dropout_prob=self.hidden_dropout_prob,
-            attn_dropout_prob=self.attn_dropout_prob,
-            hidden_act=self.hidden_act,
-            layer_norm_eps=self.layer_norm_eps,
+            **interest_block_sizes(self),
             chunk_size=config["causal_chunk_size"],
-            initializer_range=self.initializer_range,
             interest_ffn=config["causal_interest_ffn"],
             recency_bias=config["causal_recency_bias"],
         )
-
-    def embed_input(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """As SASRec, except that positions past the position table reuse its last embedding."""
-        position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
-        position_ids = position_ids.clamp(max=self.max_seq_length - 1)
-        input_emb = self.item_embedding(item_seq) + self.position_embedding(position_ids).unsqueeze(0)
-        return self.dropout(self.LayerNorm(input_emb))
 
     def initial_interests(self, sequence: torch.Tensor, sequence_mask: torch.Tensor) -> torch.Tensor:
         """Each position's initial interest tokens ``[B, N, k, H]``, retrieved from the prefix up to it (ELASTIC's

@@ -12,8 +12,11 @@ each target against its positive item and one shared set of negatives per batch 
   the training targets. This removes the sampling bias, so the loss estimates full CE's ranking over all items
   (Bengio and Senecal 2008; Yi et al. "Sampling-Bias-Corrected Neural Modeling", RecSys 2019).
 
-A negative equal to the target's positive item (an "accidental hit") is masked out. With every item as a negative
-and no correction the loss is full CE exactly. Evaluation always ranks the full catalogue.
+A negative equal to the target's positive item (an "accidental hit") is masked out. Negatives are drawn from the
+real items 1 .. n_items - 1, never padding: with every real item as a negative and no correction the loss is CE
+over the real items, which differs from the models' full CE (over all n_items logits) by padding's term in the
+softmax. :func:`sampled_softmax_loss` given every item, padding included, as negatives is full CE exactly.
+Evaluation always ranks the full catalogue.
 """
 
 from typing import Optional

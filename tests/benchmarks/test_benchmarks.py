@@ -61,7 +61,7 @@ def test_efficiency_benchmark_at_a_short_and_a_long_length(tmp_path):
         assert row["train_speedup_over_sasrec"] == pytest.approx(sasrec[step] / elastic[step])
         memory = "train_peak_memory_mb"
         assert row["memory_elastic_over_sasrec"] == pytest.approx(elastic[memory] / sasrec[memory])
-    # The claims at long sequences (README, batch 16, N=1024: 22x the inference throughput, 13% of the memory):
+    # The claims at long sequences (docs/EFFICIENCY.md, batch 16, N=1024: 22x the inference throughput, 13% of memory):
     # SASRec's N x N attention makes it several times slower and hungrier. Measured here at batch 2 on one
     # thread: about 6x and 11%. The margins leave room for a loaded machine, not for a model without the gain.
     assert ratios["1024"]["inference_speedup_over_sasrec"] > 2

@@ -222,3 +222,49 @@ def causal_elastic_all_positions(model, item_seq, interest_ffn=True):
     for block in model.dispatcher_blocks:
         sequence, interests = causal_dispatcher_block(block, sequence, interests, mask, model.hidden_act, interest_ffn)
     return sequence
+
+
+def chunked_elastic_all_positions(model, items, activation="gelu"):
+    """ChunkedELASTIC's output ``[L, H]`` at every position of one sequence ``items`` (no padding), position by
+    position: boundary j's interests from the items before position C j (retrieval from their mean embedding, 0 for
+    j = 0; per block, one ordinary softmax of the k queries over the block's input before C j, with the recency
+    bias if the model has one), then position t attends to boundary t // C's interests and its last C items."""
+    chunk, hidden = model.chunk_size, model.hidden_size
+    x = embed(model, torch.tensor([items]))[0]  # [L H]
+    length = len(items)
+    interests = []
+    for j in range((length - 1) // chunk + 1):
+        if not model.use_interest_memory:
+            interests.append(model.shared_interests)
+            continue
+        summary = x[: chunk * j].mean(0) if j else torch.zeros(hidden)
+        memory = model.interest_memory
+        interests.append(memory_tokens(memory, memory_query(memory, summary.unsqueeze(0)))[0][0])
+    for block in model.dispatcher_blocks:
+        aggregate, dispatch = block.aggregate, block.dispatch
+        heads = aggregate.n_heads
+        d = hidden // heads
+        queries = aggregate.query(aggregate.interest_queries)  # [k H]
+        keys, values = dispatch.key(x), dispatch.value(x)  # [L H]: the aggregate reads the dispatch's projections
+        updated = []
+        for j, tokens in enumerate(interests):
+            attended = torch.zeros_like(tokens)
+            for h in range(heads if j else 0):
+                part = slice(h * d, (h + 1) * d)
+                scores = queries[:, part] @ keys[: chunk * j, part].T / math.sqrt(d)  # [k, C j]
+                if aggregate.recency_slopes is not None:  # - slope * (t - s), t dropped: + slope * s
+                    scores = scores + aggregate.recency_slopes[h].unsqueeze(1) * torch.arange(chunk * j)
+                attended[:, part] = torch.softmax(scores, dim=-1) @ values[: chunk * j, part]
+            tokens = layer_norm(tokens + aggregate.dense(attended), aggregate.LayerNorm)
+            if not isinstance(block.aggregate_ffn, torch.nn.Identity):
+                tokens = feed_forward(block.aggregate_ffn, tokens, activation)
+            updated.append(tokens)
+        interests = updated
+        outputs = []
+        for t in range(length):
+            context = interests[t // chunk]
+            if dispatch.local:
+                context = torch.cat([context, x[max(0, t - chunk + 1) : t + 1]])
+            outputs.append(softmax_attention(dispatch, x[t].view(1, 1, -1), context.unsqueeze(0))[0, 0])
+        x = feed_forward(block.dispatch_ffn, torch.stack(outputs), activation)
+    return x

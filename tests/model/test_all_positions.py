@@ -8,14 +8,14 @@ import torch.nn.functional as F
 
 from recbole.data.interaction import Interaction
 
-from recbole_elastic.model import CausalELASTIC, CausalLinRec, CausalSASRec
+from recbole_elastic.model import CausalELASTIC, CausalLinRec, CausalSASRec, ChunkedELASTIC
 from recbole_elastic.standalone import build_standalone_model
 from recbole_elastic.utils import get_model
 
 from tests.helpers import PADDING_SEQUENCES as SEQUENCES
 from tests.helpers import assert_rejects_hyperparameter, build_model, padded_batch
 
-CAUSAL_MODELS = [CausalELASTIC, CausalSASRec, CausalLinRec]
+CAUSAL_MODELS = [CausalELASTIC, CausalSASRec, CausalLinRec, ChunkedELASTIC]
 WIDTH = 10
 
 
@@ -175,6 +175,8 @@ def leak_cases():
     cases = [(model_class, {}) for model_class in CAUSAL_MODELS]
     cases += [(CausalELASTIC, {"memory_query_norm": norm}) for norm in ("running", "none")]
     cases += [(CausalELASTIC, {"causal_recency_bias": True})]
+    cases += [(ChunkedELASTIC, {"memory_query_norm": norm, "interest_chunk_size": 3}) for norm in ("running", "none")]
+    cases += [(ChunkedELASTIC, {"causal_recency_bias": True, "interest_chunk_size": 4})]
     return cases
 
 

@@ -29,6 +29,18 @@ def test_every_item_as_negative_without_correction_is_full_cross_entropy():
     assert torch.allclose(loss, F.cross_entropy(query @ weight.T, positives), atol=1e-6)
 
 
+def test_every_real_item_as_negative_is_cross_entropy_without_padding():
+    """The module never draws padding (item 0): its limit is CE over items 1..n-1, not the models' CE, whose
+    softmax includes padding's logit."""
+    torch.manual_seed(0)
+    query, weight = torch.randn(7, 5), torch.randn(12, 5)
+    positives = torch.tensor([3, 2, 11, 3, 5, 7, 1])
+    loss = sampled_softmax_loss(query, positives, torch.arange(1, 12), weight)
+    logits = query @ weight.T
+    assert torch.allclose(loss, F.cross_entropy(logits[:, 1:], positives - 1), atol=1e-6)
+    assert loss < F.cross_entropy(logits, positives) - 1e-3  # padding's term is missing from the softmax
+
+
 def direct_loss(query, positives, negatives, weight, correction=None):
     """Mean over targets of -log softmax, one target at a time, skipping negatives equal to the positive."""
     correction = correction or (lambda item: 0.0)

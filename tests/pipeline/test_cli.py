@@ -64,10 +64,10 @@ def test_resume_from_the_command_line(tiny_data, capsys):
 
 
 def test_a_one_epoch_run_prints_a_short_console_and_logs_everything(tiny_data):
-    args = [arg for arg in cli_args(tiny_data) if not arg.startswith("--show_progress")]  # keep RecBole's bars
+    args = [arg for arg in cli_args(tiny_data) if not arg.startswith("--show_progress")]  # the default console
     process = run_cli(*args, cwd=os.getcwd())
     assert process.returncode == 0, process.stderr[-2000:]
-    lines = (process.stdout + process.stderr).split("\n")  # tqdm redraws its bar with \r on one line
+    lines = (process.stdout + process.stderr).split("\n")
     assert len(lines) <= 30, lines
     console = process.stdout + process.stderr
     assert "epoch 0: train loss" in console and "valid mrr@10" in console

@@ -1,7 +1,7 @@
 """Config keys: unknown keys are named with the closest known key; settings take the documented precedence."""
 
 from recbole_elastic.cli import main
-from recbole_elastic.config import run_settings
+from recbole_elastic.config import build_config, load_config_files, protocol_file, run_settings
 
 from tests.helpers import cli_args, no_checkpoints, run_cli_expecting_error
 
@@ -64,3 +64,24 @@ def test_run_settings_layers_in_the_documented_order():
     assert run_settings("LinRec", files)["hidden_size"] == 32  # another model's overrides do not apply
     assert run_settings("ELASTIC", files)["hidden_size"] == 48
     assert "nproc" not in run_settings("ELASTIC", resumed_config=SavedConfig())
+
+
+def test_the_shipped_protocol_validates_on_ndcg_with_early_stopping_under_the_users_settings(tiny_data, capsys):
+    protocol = load_config_files([protocol_file("loo")])
+    assert (
+        run_settings("ELASTIC", protocol, quick_start_budget=True)["epochs"] == 300
+    )  # not the CLI's 8: it stops early
+    settings = run_settings("ELASTIC", protocol, {"epochs": 1, "data_path": tiny_data}, quick_start_budget=True)
+    config = build_config("ELASTIC", "tiny", config_dict=settings)
+    assert config["eval_args"]["split"] == {"LS": "valid_and_test"} and config["eval_args"]["order"] == "TO"
+    assert (
+        config["eval_args"]["mode"] == {"valid": "full", "test": "full"} and config["eval_args"]["group_by"] == "user"
+    )
+    assert config["valid_metric"] == "NDCG@10" and config["stopping_step"] == 10
+    assert config["epochs"] == 1 and "data_path" not in protocol  # the user's settings win; nothing machine-specific
+
+    assert main(cli_args(tiny_data, epochs=1) + ["--protocol=loo"]) == 0
+    out = capsys.readouterr().out
+    assert "best valid (NDCG@10 = " in out and "test: hit@10: " in out and "ndcg@20: " in out
+    err = run_cli_expecting_error(capsys, cli_args(tiny_data) + ["--protocol=LOO"])
+    assert "Unknown protocol 'LOO': the plugin ships loo" in err

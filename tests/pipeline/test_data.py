@@ -7,7 +7,6 @@ import pytest
 
 from recbole.data import create_dataset
 
-from recbole_elastic.cli import main
 from recbole_elastic.config import build_config
 from recbole_elastic.convert import convert_sequences
 from recbole_elastic.convert import main as convert_main
@@ -38,16 +37,6 @@ def test_non_numeric_timestamp_names_the_file_line_and_column(tiny_data, capsys)
     path = os.path.join(tiny_data, "badtime", "badtime.inter")
     assert f"{path}, line 22, column 'timestamp:float': 'yesterday' is not a number" in err
     assert no_checkpoints(tiny_data)
-
-
-def test_readme_own_dataset_recipe_trains_as_written(tiny_data, capsys):
-    # README "Your own dataset": exactly its header, and its command with no load_col or dataset YAML
-    rows = "".join(f"{u}\t{(u * 7 + s) % 50 + 1}\t{978300000 + s}\n" for u in range(1, 41) for s in range(10))
-    write_inter(tiny_data, "mine", "user_id:token\titem_id:token\ttimestamp:float\n" + rows)
-    small = ["--epochs=1", "--hidden_size=16", "--inner_size=32", "--n_interests=4", "--memory_keys=8"]
-    assert main(["--dataset=mine", f"--data_path={tiny_data}", "--MAX_ITEM_LIST_LENGTH=200", *small]) == 0
-    assert "ELASTIC on mine (1 epochs" in capsys.readouterr().out
-    assert build_config("ELASTIC", "mine", config_dict={"data_path": tiny_data})["load_col"] is None  # every column
 
 
 def test_one_line_per_user_text_converts_to_atomic_files(tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 from recbole.utils import get_trainer
 
+from recbole_elastic.compat import load_checkpoint
 from recbole_elastic.distributed import run_distributed
 from recbole_elastic.errors import ConfigError, DatasetFormatError
 from recbole_elastic.quick_start import load_data_and_model
@@ -25,6 +26,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+WARMUP_STEPS = 50
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     """One 1-epoch, 2-process CPU run on the tiny dataset, shared by this module's tests."""
@@ -32,9 +36,9 @@ def two_process_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)  # RecBole's log folders land here, for the ranks as well
         data_path = write_tiny_dataset(str(root / "data"))
-        result = run_distributed(
-            "ELASTIC", "tiny", config_dict=tiny_run_config(data_path), nproc=2, port=str(free_port())
-        )
+        # a warmup longer than the run: the checkpoint's learning rate tells how many schedule steps were taken
+        config_dict = tiny_run_config(data_path, warmup_steps=WARMUP_STEPS)
+        result = run_distributed("ELASTIC", "tiny", config_dict=config_dict, nproc=2, port=str(free_port()))
         yield result
 
 
@@ -52,6 +56,19 @@ def test_ranks_hold_identical_parameters_after_training(two_process_run):
     digests = two_process_run["rank_parameter_digests"]
     assert len(digests) == 2
     assert digests[0] == digests[1]
+
+
+def test_learning_rate_schedule_steps_once_per_optimizer_step_of_a_rank(two_process_run):
+    """Each rank's optimizers (RecBole's Adam and the memory's LazyAdam) took one schedule step per step they took
+    (their own batches, not the ranks' together): the saved rate is learning_rate * steps / warmup_steps."""
+    checkpoint = load_checkpoint(two_process_run["model_file"])
+    learning_rate = checkpoint["config"]["learning_rate"]
+    for optimizer in checkpoint["optimizer"].values():  # "dense" and "sparse"
+        (steps,) = {int(state["step"]) for state in optimizer["state"].values()}  # every parameter, every batch
+        assert 0 < steps < WARMUP_STEPS
+        for group in optimizer["param_groups"]:
+            assert group["initial_lr"] == learning_rate
+            assert group["lr"] == pytest.approx(learning_rate * steps / WARMUP_STEPS, rel=1e-12)
 
 
 def test_checkpoint_loads_and_evaluates_in_one_process(two_process_run):

@@ -1,5 +1,8 @@
-"""The plugin's trainer: a NaN loss keeps the last good checkpoint; resuming continues after the saved epoch."""
+"""The plugin's trainer: a NaN loss keeps the last good checkpoint; resuming continues after the saved epoch;
+runs started in the same second write distinct checkpoints."""
 
+import hashlib
+import multiprocessing
 import os
 
 import pytest
@@ -72,3 +75,58 @@ def test_elastic_memory_trains_with_lazy_adam_and_resumes_its_state(tiny_data):
     assert resumed["step"] == expected["step"] > 0
     assert torch.equal(resumed["exp_avg"], expected["exp_avg"]) and resumed["exp_avg"].abs().sum() > 0
     assert torch.equal(resumed["exp_avg_sq"], expected["exp_avg_sq"])
+
+
+def test_a_run_that_saves_nothing_leaves_no_file(tiny_data):
+    config = build_config("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data))
+    _, train_data, valid_data, _, model = build_data_and_model(config)
+    trainer = get_trainer(config)(config, model)
+    trainer.fit(train_data, valid_data, saved=False)  # the name claimed when training started is given back
+    assert os.listdir(config["checkpoint_dir"]) == []
+
+
+def state_digest(state_dict) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train_in_a_shared_second(data_path: str, seed: int, start_together, results) -> None:
+    """One of the runs below, in its own process: ELASTIC's trainer with its checkpoint time fixed (a subclass: the
+    two runs start in one second, whatever the clock does), built, then trained once both are built."""
+    config = build_config("ELASTIC", "tiny", config_dict=tiny_run_config(data_path, seed=seed))
+    _, train_data, valid_data, _, model = build_data_and_model(config)
+
+    class SameSecondTrainer(get_trainer(config)):
+        def checkpoint_time(self) -> str:
+            return "Jan-01-2026_00-00-00"
+
+    trainer = SameSecondTrainer(config, model)
+    start_together.wait(timeout=120)  # both trainers exist, neither has saved: the names are not taken yet
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    results.put((seed, trainer.saved_model_file, state_digest(trainer.model.state_dict())))
+
+
+def test_runs_started_in_the_same_second_write_distinct_checkpoints(tiny_data):
+    context = multiprocessing.get_context("spawn")
+    start_together, results = context.Barrier(2), context.Queue()
+    runs = [
+        context.Process(target=train_in_a_shared_second, args=(tiny_data, seed, start_together, results))
+        for seed in (1, 2)
+    ]
+    for process in runs:
+        process.start()
+    finished = [results.get(timeout=300) for _ in runs]
+    for process in runs:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    files = {seed: model_file for seed, model_file, _ in finished}
+    assert sorted(os.path.basename(f) for f in files.values()) == [
+        "ELASTIC-tiny-Jan-01-2026_00-00-00-1.pth",
+        "ELASTIC-tiny-Jan-01-2026_00-00-00.pth",
+    ]
+    for seed, model_file, digest in finished:  # each file holds its own run's trained model, whole
+        checkpoint = load_checkpoint(model_file)
+        assert checkpoint["config"]["seed"] == seed
+        assert state_digest(checkpoint["state_dict"]) == digest  # one epoch: the saved model is the trained one
