@@ -261,7 +261,7 @@ class ProductKeyInterestMemory(nn.Module):
         weights = torch.softmax(scores, dim=-1)
         batch_size = summary.size(0)
         tokens = self.values(slots.view(-1, self.topk), per_sample_weights=weights.reshape(-1, self.topk))
-        return tokens.view(batch_size, self.n_heads, -1), slots
+        return tokens.view(batch_size, self.n_heads, self.values.embedding_dim), slots  # also for 0 users
 
 
 def causal_linear_attention(

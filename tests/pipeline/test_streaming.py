@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recbole_elastic.errors import ConfigError, UnknownTokenError
-from recbole_elastic.model import CausalELASTIC, CausalSASRec
+from recbole_elastic.model import CausalELASTIC, CausalSASRec, ChunkedELASTIC
 from recbole_elastic.streaming import StreamingRecommender, state_leaves
 
 from tests.helpers import build_model, padded_batch, randomise_biases_and_gains
@@ -38,6 +38,20 @@ def causal_elastic(recency_bias=False):
     return model
 
 
+def chunked_elastic(chunk_size=3):
+    torch.manual_seed(0)
+    model = build_model(ChunkedELASTIC, N_ITEMS, MAX_LEN, interest_chunk_size=chunk_size, **SMALL)
+    return randomise_biases_and_gains(model)
+
+
+# The causal models whose state streams: CausalELASTIC (with and without the recency bias) and ChunkedELASTIC.
+STREAMING_MODELS = {
+    "CausalELASTIC": causal_elastic,
+    "CausalELASTIC-recency": lambda: causal_elastic(recency_bias=True),
+    "ChunkedELASTIC": chunked_elastic,
+}
+
+
 def random_history(length, seed):
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(1, N_ITEMS, (length,), generator=generator).tolist()
@@ -63,10 +77,10 @@ def expected_topk(scores, history, k):
     return [f"m{i}" for i in best], scores[best]
 
 
-@pytest.mark.parametrize("recency_bias", [False, True])
+@pytest.mark.parametrize("name", list(STREAMING_MODELS))
 @pytest.mark.parametrize("length", [1, 7, MAX_LEN, 23])  # 23: past the position table
-def test_folding_event_by_event_recommends_as_the_full_pass_over_the_history(recency_bias, length):
-    model = causal_elastic(recency_bias)
+def test_folding_event_by_event_recommends_as_the_full_pass_over_the_history(name, length):
+    model = STREAMING_MODELS[name]()
     history = random_history(length, seed=length)
     recommender = StreamingRecommender(model, TOKENS)
     for item in history:
@@ -109,8 +123,9 @@ def assert_same_states(first, second):
     assert first.seen == second.seen
 
 
-def test_fold_many_equals_one_at_a_time_folds_with_repeated_users_in_a_batch():
-    model = causal_elastic(recency_bias=True)
+@pytest.mark.parametrize("name", ["CausalELASTIC-recency", "ChunkedELASTIC"])
+def test_fold_many_equals_one_at_a_time_folds_with_repeated_users_in_a_batch(name):
+    model = STREAMING_MODELS[name]()
     users, items = event_log()
     one_by_one = StreamingRecommender(model, TOKENS)
     for user, item in zip(users, items):
