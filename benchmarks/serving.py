@@ -13,7 +13,7 @@ both PyTorch and onnxruntime.
   inference mode) and by onnxruntime, alternately, ``--repeats`` times each; the median seconds per batch give
   users per second and the ratio onnxruntime / PyTorch (> 1: onnxruntime is faster), in wall time and in the
   process's CPU time (with one thread, the work done; on a shared machine wall time adds waiting for a core).
-* Streaming (CausalELASTIC, N = 200): ``recbole_elastic.streaming.StreamingRecommender`` over ``--users`` users.
+* Streaming (``--stream-model``, default CausalELASTIC, N = 200): ``recbole_elastic.streaming.StreamingRecommender`` over ``--users`` users.
   Batched: ``--events-per-user`` events per user, folded with ``fold_many`` in batches of ``--stream-batch``
   events of distinct users, after one untimed warm-up batch; events per second over all batches (and the same
   batches through the model's ``stream_update`` alone), per wall and per CPU second. One at a time:
@@ -109,7 +109,7 @@ def streaming_point(args) -> Dict:
     from recbole_elastic.streaming import StreamingRecommender, state_leaves
 
     torch.manual_seed(0)
-    model = build_standalone_model("CausalELASTIC", args.n_items, 200).eval()
+    model = build_standalone_model(args.stream_model, args.n_items, 200).eval()
     tokens = ["[PAD]"] + [f"i{i}" for i in range(1, args.n_items)]
     recommender = StreamingRecommender(model, tokens)
     generator = torch.Generator().manual_seed(2)
@@ -158,7 +158,7 @@ def streaming_point(args) -> Dict:
     one_user = state_leaves(recommender.gather(torch.arange(1)))
     state_bytes = sum(leaf.numel() * leaf.element_size() for leaf in one_user)
     point = {
-        "model": "CausalELASTIC",
+        "model": args.stream_model,
         "max_len": 200,
         "users": args.users,
         "batched_events": batched_events,
@@ -197,7 +197,7 @@ def to_markdown(args, points: List[Dict], stream: Dict) -> str:
         )
     lines += [
         "",
-        f"Streaming, CausalELASTIC (defaults, N = 200, {args.n_items} items), {stream['users']} users, "
+        f"Streaming, {args.stream_model} (defaults, N = 200, {args.n_items} items), {stream['users']} users, "
         f"{args.threads} thread(s)",
         "",
         "| measure | value |",
@@ -225,6 +225,7 @@ def main(argv=None) -> Dict:
     )
     parser.add_argument("--batch", type=int, default=32, help="histories per user-vector batch")
     parser.add_argument("--repeats", type=int, default=7, help="timed batches per side, interleaved")
+    parser.add_argument("--stream-model", default="CausalELASTIC", help="the causal model whose state streams")
     parser.add_argument("--users", type=int, default=10000, help="streaming users")
     parser.add_argument("--events-per-user", type=int, default=3)
     parser.add_argument("--stream-batch", type=int, default=1000, help="events per fold_many call")
