@@ -13,7 +13,8 @@ both PyTorch and onnxruntime.
   inference mode) and by onnxruntime, alternately, ``--repeats`` times each; the median seconds per batch give
   users per second and the ratio onnxruntime / PyTorch (> 1: onnxruntime is faster), in wall time and in the
   process's CPU time (with one thread, the work done; on a shared machine wall time adds waiting for a core).
-* Streaming (``--stream-model``, default CausalELASTIC, N = 200): ``recbole_elastic.streaming.StreamingRecommender`` over ``--users`` users.
+* Streaming (``--stream-model``, default CausalELASTIC, N = 200): ``recbole_elastic.streaming.StreamingRecommender``
+  over ``--users`` users.
   Batched: ``--events-per-user`` events per user, folded with ``fold_many`` in batches of ``--stream-batch``
   events of distinct users, after one untimed warm-up batch; events per second over all batches (and the same
   batches through the model's ``stream_update`` alone), per wall and per CPU second. One at a time:
