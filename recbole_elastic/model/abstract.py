@@ -74,12 +74,15 @@ class DotProductSequentialRecommender(SequentialRecommender):
             module.bias.data.zero_()
 
     def embed_input(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """Item + position embeddings, LayerNorm, dropout: ``[B, N]`` -> ``[B, N, H]``. Positions past the position
-        table (a causal model reading a longer history, or its padded last chunk) reuse its last embedding."""
-        position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
-        position_ids = position_ids.clamp(max=self.max_seq_length - 1)
-        input_emb = self.item_embedding(item_seq) + self.position_embedding(position_ids).unsqueeze(0)
-        return self.dropout(self.LayerNorm(input_emb))
+        """Item + position embeddings, LayerNorm, dropout: ``[B, N]`` -> ``[B, N, H]``."""
+        return self.embed_at(item_seq, torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device))
+
+    def embed_at(self, item_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of ``item_ids`` at ``positions`` (broadcast against them: ``[N]`` for ``[B, N]`` items,
+        ``[B]`` for one event per user). Positions past the position table (a causal model reading a longer
+        history, its padded last chunk, streaming) reuse its last embedding."""
+        positions = positions.clamp(max=self.max_seq_length - 1)
+        return self.dropout(self.LayerNorm(self.item_embedding(item_ids) + self.position_embedding(positions)))
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

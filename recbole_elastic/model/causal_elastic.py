@@ -199,8 +199,7 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
         """Fold one new event per user (``item_ids`` ``[B]``) into ``state``, without reading the history: the new
         state's ``output`` equals ``forward_all_positions`` at this event's position over the whole history, in
         eval mode. It always runs as inference (eval mode, no gradient), whatever mode the model is in."""
-        position = state.length.clamp(max=self.max_seq_length - 1)  # as embed_input past the position table
-        item = self.dropout(self.LayerNorm(self.item_embedding(item_ids) + self.position_embedding(position)))
+        item = self.embed_at(item_ids, state.length)
         length = state.length + 1
         embedding_sum = state.embedding_sum + item
         if self.use_interest_memory:

@@ -168,9 +168,7 @@ class ChunkedELASTIC(AllPositionsMixin, ELASTIC):
         ``forward_all_positions`` at this event's position over the whole history, in eval mode. It always runs as
         inference (eval mode, no gradient), whatever mode the model is in."""
         position = state.length
-        item = self.LayerNorm(
-            self.item_embedding(item_ids) + self.position_embedding(position.clamp(max=self.max_seq_length - 1))
-        )
+        item = self.embed_at(item_ids, position)
         length = position + 1
         embedding_sum = state.embedding_sum + item
         slots = torch.arange(self.chunk_size, device=item.device)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_elastic.model.layers import FusedFeedForward, ProjectedAttention
+from recbole_elastic.model.layers import CrossAttention, FusedFeedForward
 
 # The aggregate's running softmax of one block, per user: (max [B, h, k, 1], sum of exp(score - max) [B, h, k, 1],
 # sum of exp(score - max) * value [B, h, k, d]).
@@ -52,7 +52,7 @@ def chunk_prefix_softmax(
     chunk_values = values.view(batch, heads, n_chunks, chunk_size, -1)
     chunk_numerator = torch.einsum("bhqnc,bhncd->bhqnd", weights, chunk_values)
     # M_j, the max over the chunks before boundary j (0 where there are none: that row has no terms).
-    boundary_max = torch.cat([finite_max[..., :1] * 0, chunk_max.cummax(-1).values[..., :-1]], dim=-1)
+    boundary_max = torch.cat([torch.zeros_like(chunk_max[..., :1]), chunk_max.cummax(-1).values[..., :-1]], dim=-1)
     boundary_max = boundary_max.masked_fill(boundary_max == float("-inf"), 0.0)
     before = torch.ones(n_chunks, n_chunks, dtype=torch.bool, device=scores.device).tril(-1)  # [j, c]: c < j
     exponent = chunk_max.unsqueeze(-2) - boundary_max.unsqueeze(-1)  # [B h Q n(j) n(c)]
@@ -165,7 +165,7 @@ class ChunkAggregation(nn.Module):
         return self.update(interests, attended.transpose(1, 2).reshape(interests.shape))
 
 
-class LocalDispatch(ProjectedAttention):
+class LocalDispatch(CrossAttention):
     """The dispatch stage: position t attends, in one softmax, to its chunk's k interests and (``local``) to its
     last C items ``t - C < s <= t``, then residual, post-LN. Keys and values of both share the projections.
 
@@ -183,8 +183,7 @@ class LocalDispatch(ProjectedAttention):
         chunk_size: int,
         local: bool = True,
     ) -> None:
-        super().__init__(hidden_size, n_heads, hidden_dropout_prob, layer_norm_eps)
-        self.attn_dropout_prob = attn_dropout_prob
+        super().__init__(hidden_size, n_heads, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps)
         self.chunk_size = chunk_size
         self.local = local
         rows = torch.arange(chunk_size).unsqueeze(1)  # the query's place r in its chunk
@@ -237,17 +236,11 @@ class LocalDispatch(ProjectedAttention):
     def step(self, item: torch.Tensor, interests: torch.Tensor, recent: torch.Tensor, recent_mask: torch.Tensor):
         """Streaming: the new position's ``item`` ``[B, H]`` attends to ``interests`` ``[B, k, H]`` and (``local``)
         its last C items ``recent`` ``[B, C, H]`` (itself included; ``recent_mask`` ``[B, C]`` True where filled)."""
-        batch, hidden = item.shape
-        context, mask = interests, recent_mask.new_ones(batch, interests.size(1))
+        context, mask = interests, recent_mask.new_ones(item.size(0), interests.size(1))
         if self.local:
             context, mask = torch.cat([interests, recent], 1), torch.cat([mask, recent_mask], 1)
-        attended = F.scaled_dot_product_attention(
-            self.split_heads(self.query(item).unsqueeze(1)),
-            self.split_heads(self.key(context)),
-            self.split_heads(self.value(context)),
-            attn_mask=mask[:, None, None, :],
-        )  # [B h 1 d]
-        return self.output(item.unsqueeze(1), attended).squeeze(1)
+        # One query over [interests | recent items]: plain cross-attention (streaming is inference: no dropout).
+        return super().forward(item.unsqueeze(1), context, mask).squeeze(1)
 
 
 class ChunkedDispatcherBlock(nn.Module):
