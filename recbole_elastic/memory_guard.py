@@ -36,20 +36,36 @@ BYTES_PER_MASK_ENTRY = 1  # torch.bool: the sampled softmax's accidental-hit mas
 MARGIN = 1.05  # the step's small tensors ([targets, hidden] outputs and gradients, index vectors), page rounding
 
 
+def batch_targets(config) -> int:
+    """The most training targets one batch can hold: ``train_batch_size``, except with ``train_all_positions``.
+
+    There a batch with ``train_batch_counts: slots`` holds ``max(train_batch_size // N, 1)`` windows of up to N =
+    ``MAX_ITEM_LIST_LENGTH`` targets; a packed one (``targets``) averages at most ``max(train_batch_size, 2N)``
+    real targets and exceeds its average by at most one window (``recbole_elastic.windows.pack_windows``).
+    """
+    batch = config["train_batch_size"]
+    if not config["train_all_positions"]:
+        return batch
+    window = config["MAX_ITEM_LIST_LENGTH"]
+    if config["train_batch_counts"] == "slots":
+        return max(batch // window, 1) * window
+    return max(batch, 2 * window) + window
+
+
 def output_candidates(config, n_items: int) -> int:
     """How many items each training target is scored against, for ``config``'s ``loss_type``."""
     loss_type = config["loss_type"]
     if loss_type == SAMPLED_SOFTMAX:
-        return 1 + config["sampled_negatives"] + (config["train_batch_size"] if config["in_batch_negatives"] else 0)
+        return 1 + config["sampled_negatives"] + (batch_targets(config) if config["in_batch_negatives"] else 0)
     if loss_type == "BPR":
         return 2
     return n_items
 
 
 def output_layer_bytes(config, n_items: int) -> int:
-    """Estimated peak bytes of the output layer in one training step (``train_batch_size`` targets): every tensor
+    """Estimated peak bytes of the output layer in one training step (:func:`batch_targets` targets): every tensor
     alive at its peak for the run's ``loss_type`` (see the module docstring), times :data:`MARGIN`."""
-    targets, candidates = config["train_batch_size"], output_candidates(config, n_items)
+    targets, candidates = batch_targets(config), output_candidates(config, n_items)
     counted = targets * candidates * BYTES_PER_LOGIT * LOGIT_COPIES
     if config["loss_type"] == SAMPLED_SOFTMAX:
         negatives = candidates - 1
@@ -109,7 +125,8 @@ def check_output_memory(config, n_items: int, available: Optional[int] = None) -
     if config["loss_type"] == SAMPLED_SOFTMAX:
         advice = f"Lower sampled_negatives, or {smaller_batch}"
     elif config["sampled_negatives"] is not None:  # a plugin model: it has the sampled softmax
-        sampled = {key: config[key] for key in ("train_batch_size", "sampled_negatives", "in_batch_negatives")}
+        keys = ("train_batch_size", "sampled_negatives", "in_batch_negatives", "train_all_positions")
+        sampled = {key: config[key] for key in (*keys, "train_batch_counts", "MAX_ITEM_LIST_LENGTH")}
         candidates = output_candidates({**sampled, "loss_type": SAMPLED_SOFTMAX}, n_items)
         advice = (
             f"Use loss_type=SampledSoftmax (each target scored against {candidates:,} items instead of "

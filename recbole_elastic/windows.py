@@ -305,6 +305,11 @@ def check_window_settings(config) -> None:
             f"train_window_stride = {config['train_window_stride']!r} is invalid: it must be an integer in "
             f"1..MAX_ITEM_LIST_LENGTH={max_len} (a larger stride would skip training targets), or ~ for {max_len}."
         )
+    if config["train_batch_counts"] not in ("targets", "slots"):
+        raise ConfigError(
+            f"train_batch_counts = {config['train_batch_counts']!r} is invalid: use 'targets' (train_batch_size real "
+            "targets per batch) or 'slots' (train_batch_size // MAX_ITEM_LIST_LENGTH windows per batch)."
+        )
     negatives = config["train_neg_sample_args"] or {}
     if negatives.get("distribution", "none") != "none":
         if negatives.get("dynamic") or config["MODEL_INPUT_TYPE"] != InputType.PAIRWISE:
@@ -339,6 +344,40 @@ def window_end_samples(user_ids: np.ndarray, max_len: int, stride: int) -> Tuple
     return order[keep][by_position], loss_start[keep][by_position]
 
 
+def cut_to_longest(windows: Interaction, length_field: str, list_suffix: str) -> Interaction:
+    """``windows`` with every ``[B, N, ...]`` list (a field ending in ``list_suffix``) cut to the longest history
+    (``length_field``): the positions after it are padding in every row, on which no causal model's output at a
+    real position depends."""
+    longest = int(windows[length_field].max())
+    return Interaction(
+        {
+            field: value[:, :longest] if field.endswith(list_suffix) and value.dim() >= 2 else value
+            for field, value in windows.interaction.items()
+        }
+    )
+
+
+def pack_windows(targets: np.ndarray, n_batches: int, order: np.ndarray) -> List[np.ndarray]:
+    """Cut windows, taken in ``order``, into ``n_batches`` consecutive batches of about equal real targets.
+
+    ``targets[w]`` is window w's number of real targets. Laid end to end in ``order``, the windows cover
+    ``total = targets.sum()`` targets; window w goes to batch ``floor(midpoint_w * n_batches / total)``. A batch
+    thus holds ``total / n_batches`` targets give or take one window, and none is empty as long as no window holds
+    more than ``total / n_batches`` targets (:func:`batches_per_epoch` sees to that).
+    """
+    ordered = targets[order]
+    midpoints = np.cumsum(ordered) - ordered / 2
+    batch_of = np.minimum((midpoints * n_batches / ordered.sum()).astype(np.int64), n_batches - 1)
+    return np.split(order, np.searchsorted(batch_of, np.arange(1, n_batches)))
+
+
+def batches_per_epoch(targets: np.ndarray, budget: int) -> int:
+    """How many batches of about ``budget`` real targets the windows (``targets`` each) fill: the total over the
+    budget, rounded up, but never so many that a batch would get less than the largest window."""
+    total = int(targets.sum())
+    return max(1, min(-(-total // budget), total // int(targets.max())))
+
+
 class AllPositionsTrainDataLoader(TrainDataLoader):
     """Training batches of user windows with the next item at every position (``train_all_positions``).
 
@@ -352,11 +391,17 @@ class AllPositionsTrainDataLoader(TrainDataLoader):
     history of T training targets gives about T / S windows, so an epoch costs O(T * N / S) positions for the
     model, against RecBole's T samples of N positions each.
 
-    ``train_batch_size`` counts targets, as in RecBole's prefix scheme (one target per sample): a batch holds
-    ``train_batch_size // N`` windows (at least one), so the CE logits ``[targets, n_items]`` stay the size they
-    have with prefix samples. For BPR, each position gets its own negative from RecBole's sampler
-    (``neg_target_item_id_list``; ``sample_num`` negatives repeat the windows, as RecBole repeats samples). Works on
-    RecBole's dense dataset and on :class:`LazySequentialDataset` alike.
+    ``train_batch_size`` counts targets, as in RecBole's prefix scheme (one target per sample). With
+    ``train_batch_counts: targets`` (the default) it counts real ones: each epoch the windows are shuffled and cut
+    into :func:`batches_per_epoch` batches of ``train_batch_size`` real targets on average, at most one window more
+    (:func:`pack_windows`), so every N gives the same targets per step and the same steps per epoch. With
+    ``slots`` a batch holds ``train_batch_size // N`` windows (at least one), the scheme of every result before
+    this key existed: short windows then fill fewer targets. Under DDP each rank's batches hold
+    ``train_batch_size // world_size`` targets, as RecBole divides its batches. Each batch's ``[B, N]`` lists are
+    cut to its longest window (padding after the last real position changes no causal output). For BPR, each
+    position gets its own negative from RecBole's sampler (``neg_target_item_id_list``; ``sample_num`` negatives
+    repeat the windows, as RecBole repeats samples). Works on RecBole's dense dataset and on
+    :class:`LazySequentialDataset` alike.
     """
 
     def __init__(self, config, dataset, sampler, shuffle=False) -> None:
@@ -365,25 +410,52 @@ class AllPositionsTrainDataLoader(TrainDataLoader):
         self._set_neg_sample_args(config, dataset, config["MODEL_INPUT_TYPE"], config["train_neg_sample_args"])
         self.target_field, self.neg_target_field = target_sequence_fields(config)
         self.item_seq_field = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
+        self.list_suffix = config["LIST_SUFFIX"]
         self.length_field = config["ITEM_LIST_LENGTH_FIELD"]
         users = dataset.inter_feat[dataset.uid_field].numpy()
         ends, loss_start = window_end_samples(users, config["MAX_ITEM_LIST_LENGTH"], window_stride(config))
         self.window_samples = torch.from_numpy(ends)
         self.window_loss_start = torch.from_numpy(loss_start)
-        self.sample_size = len(self.window_samples)
+        lengths = dataset.inter_feat[self.length_field][self.window_samples].numpy()
+        self.window_targets = lengths - loss_start  # real targets per window
+        self.packed = config["train_batch_counts"] != "slots"
+        if self.packed:
+            ranks = 1 if config["single_spec"] else config["world_size"]
+            budget = max(config["train_batch_size"] // self.times // ranks, 1)  # times: BPR's repeated windows
+            self.sample_size = batches_per_epoch(self.window_targets, budget)  # a "sample" is one packed batch
+            self.packing_generator = torch.Generator().manual_seed(config["seed"])  # the same cut on every rank
+        else:
+            self.sample_size = len(self.window_samples)
         NegSampleDataLoader.__init__(self, config, dataset, sampler, shuffle=shuffle)
 
     def _init_batch_size_and_step(self) -> None:
+        if self.packed:
+            self.step = 1  # one packed batch per step; pack() decides its windows
+            self.set_batch_size(1)
+            return
         targets = self.config["train_batch_size"] // self.times
         windows = max(targets // self.config["MAX_ITEM_LIST_LENGTH"], 1)
         self.step = windows
         self.set_batch_size(windows * self.times)
 
+    def pack(self, shuffle: bool) -> List[np.ndarray]:
+        """This epoch's batches, as window indices: the windows in a fresh random order (or in order without
+        ``shuffle``) cut into ``sample_size`` batches of equal real targets, give or take one window."""
+        n_windows = len(self.window_targets)
+        order = torch.randperm(n_windows, generator=self.packing_generator).numpy() if shuffle else np.arange(n_windows)
+        return pack_windows(self.window_targets, self.sample_size, order)
+
+    def __iter__(self):
+        if self.packed:
+            self.window_batches = self.pack(self.shuffle)
+        return super().__iter__()
+
     def collate_fn(self, index):
-        index = np.array(index)
+        index = np.concatenate([self.window_batches[i] for i in index]) if self.packed else np.array(index)
         windows = self._dataset[self.window_samples[index].numpy()]
         targets = self.next_items(windows, self.window_loss_start[index])
         windows.update(Interaction({self.target_field: targets}))
+        windows = cut_to_longest(windows, self.length_field, self.list_suffix)
         return self._neg_sampling(self.transform(self._dataset, windows))
 
     def next_items(self, windows: Interaction, loss_start: torch.Tensor) -> torch.Tensor:

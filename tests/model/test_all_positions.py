@@ -11,6 +11,7 @@ from recbole.data.interaction import Interaction
 from recbole_elastic.model import CausalELASTIC, CausalLinRec, CausalSASRec, ChunkedELASTIC
 from recbole_elastic.standalone import build_standalone_model
 from recbole_elastic.utils import get_model
+from recbole_elastic.windows import cut_to_longest
 
 from tests.helpers import PADDING_SEQUENCES as SEQUENCES
 from tests.helpers import assert_rejects_hyperparameter, build_model, padded_batch
@@ -63,6 +64,20 @@ def test_all_position_loss_is_the_mean_of_the_prefix_losses(model_class, loss_ty
         expected = prefix_losses(model, batch, loss_type)
     assert len(expected) == sum(map(len, SEQUENCES))  # one per real position; padding has no loss
     assert torch.allclose(loss, expected.mean(), atol=1e-5)
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_MODELS)
+def test_a_batch_cut_to_its_longest_window_has_the_same_loss(model_class):
+    # The training loader cuts each batch's lists to its longest window (9 of 10 here): no output may change.
+    torch.manual_seed(0)
+    model = build_model(model_class, max_len=WIDTH, loss_type="CE").double().eval()
+    batch = window_batch()
+    cut = cut_to_longest(copy.deepcopy(batch), "item_length", "_list")
+    assert cut["item_id_list"].shape == cut["target_item_id_list"].shape == (len(SEQUENCES), 9)
+    with torch.no_grad():
+        full = model.forward_all_positions(batch["item_id_list"], batch["item_length"])
+        assert torch.allclose(model.forward_all_positions(cut["item_id_list"], cut["item_length"]), full[:, :9])
+        assert torch.allclose(model.calculate_loss(cut), model.calculate_loss(batch))
 
 
 @pytest.mark.parametrize("model_class", CAUSAL_MODELS)

@@ -6,8 +6,15 @@ import os
 import pytest
 
 from recbole_elastic.config import build_config
+from recbole_elastic.data import prepare_data
 from recbole_elastic.errors import ConfigError
-from recbole_elastic.memory_guard import _cgroup_headroom, check_output_memory, output_candidates, output_layer_bytes
+from recbole_elastic.memory_guard import (
+    _cgroup_headroom,
+    batch_targets,
+    check_output_memory,
+    output_candidates,
+    output_layer_bytes,
+)
 from recbole_elastic.quick_start import run
 
 from tests.helpers import run_python_reporting, tiny_run_config
@@ -30,6 +37,33 @@ def test_estimate_counts_the_tensors_at_the_peak_of_each_loss_with_a_margin():
     assert output_layer_bytes(sampled, 155_750) == int(expected * 1.05)
     uniform_only = settings(loss_type="SampledSoftmax", sampled_negatives=100, in_batch_negatives=False)
     assert output_layer_bytes(uniform_only, 155_750) == int((2048 * 101 * 12 + 2048 * 100 + 100 * 64 * 4) * 1.05)
+
+
+def test_all_position_batches_count_their_largest_batch():
+    # Packed windows: the average batch (2048 targets here) plus one window of N = 200; slots: 10 windows of 200.
+    packed = build_config("CausalSASRec", "ml-100k", config_dict={"gpu_id": "", "MAX_ITEM_LIST_LENGTH": 200})
+    assert packed["train_all_positions"] is True and packed["train_batch_counts"] == "targets"
+    assert output_layer_bytes(packed, 1000) == int((2048 + 200) * 1000 * 4 * 3 * 1.05)
+    slots = build_config(
+        "CausalSASRec",
+        "ml-100k",
+        config_dict={"gpu_id": "", "MAX_ITEM_LIST_LENGTH": 200, "train_batch_counts": "slots"},
+    )
+    assert output_layer_bytes(slots, 1000) == int(2000 * 1000 * 4 * 3 * 1.05)
+    # a window longer than half the batch: a packed batch may average two windows
+    long_windows = build_config("CausalSASRec", "ml-100k", config_dict={"gpu_id": "", "MAX_ITEM_LIST_LENGTH": 1500})
+    assert output_layer_bytes(long_windows, 1000) == int((3000 + 1500) * 1000 * 4 * 3 * 1.05)
+
+
+def test_packed_batches_stay_within_the_counted_targets(tiny_data):
+    # Every batch of a tiny epoch, packed at budgets below, at and above the window length.
+    for batch_size in (4, 10, 64):
+        config = build_config(
+            "CausalSASRec", "tiny", config_dict=tiny_run_config(tiny_data, train_batch_size=batch_size)
+        )
+        _, train_data, _, _ = prepare_data(config)
+        largest = max(int((batch["target_item_id_list"] != 0).sum()) for batch in train_data)
+        assert largest <= batch_targets(config)
 
 
 OUTPUT_STEP_SCRIPT = """

@@ -6,6 +6,8 @@ import random
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recbole.data import data_preparation
 from recbole.data.dataset import SequentialDataset
@@ -19,7 +21,9 @@ from recbole_elastic.windows import (
     AllPositionsTrainDataLoader,
     LazySequenceInteraction,
     LazySequentialDataset,
+    batches_per_epoch,
     create_dataset,
+    pack_windows,
     window_end_samples,
 )
 
@@ -145,6 +149,45 @@ def test_window_ends_tile_each_users_targets():
     assert loss_start.tolist() == [0, 2, 2, 2, 0, 0]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    targets=st.lists(st.integers(1, 50), min_size=1, max_size=300),
+    budget=st.integers(1, 400),
+    seed=st.integers(0, 2**16),
+)
+def test_packed_batches_hold_every_window_once_and_equal_targets(targets, budget, seed):
+    targets = np.array(targets)
+    order = np.random.default_rng(seed).permutation(len(targets))
+    n_batches = batches_per_epoch(targets, budget)
+    batches = pack_windows(targets, n_batches, order)
+    assert len(batches) == n_batches and all(len(batch) > 0 for batch in batches)
+    assert np.array_equal(np.concatenate(batches), order)  # every window once, in the shuffled order
+    total = targets.sum()
+    needed = -(-total // budget)  # as many batches as the budget needs, rounded up ...
+    fit = max(1, total // targets.max())  # ... unless a batch would then average less than the largest window
+    assert n_batches == min(needed, fit)
+    if budget >= targets.max():
+        assert n_batches >= needed - 1
+    average = total / n_batches
+    sums = [targets[batch].sum() for batch in batches]
+    assert all(abs(count - average) <= targets.max() for count in sums), (sums, average)
+
+
+def test_packed_batches_give_the_same_steps_at_every_window_length(tiny_data):
+    # The same targets per epoch at N = 5 and N = 10 (tiling): the same batches per epoch, the same targets each.
+    epochs = {}
+    for max_len in (5, 10):
+        config = build_config(
+            "CausalSASRec", "tiny", config_dict=tiny_run_config(tiny_data, MAX_ITEM_LIST_LENGTH=max_len)
+        )
+        _, train_data, batches = windows_of_one_epoch(config)
+        epochs[max_len] = [int((batch["target_item_id_list"] != 0).sum()) for batch in batches]
+        assert len(train_data) == len(batches)  # what a learning-rate schedule counts
+        second = [int((batch["target_item_id_list"] != 0).sum()) for batch in train_data]
+        assert sum(second) == sum(epochs[max_len]) and second != epochs[max_len]  # a new cut each epoch
+    assert len(epochs[5]) == len(epochs[10]) and sum(epochs[5]) == sum(epochs[10])
+
+
 def windows_of_one_epoch(config):
     dataset, train_data, valid_data, test_data = prepare_data(config)
     assert isinstance(train_data, AllPositionsTrainDataLoader)
@@ -152,15 +195,28 @@ def windows_of_one_epoch(config):
     return dataset, train_data, batches
 
 
-@pytest.mark.parametrize("loss_type, stride", [("CE", None), ("BPR", None), ("CE", 3), ("BPR", 7)])
-def test_windows_cover_every_training_target_once(tiny_data, loss_type, stride):
-    config = build_config(
-        "CausalELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, loss_type=loss_type, train_window_stride=stride)
-    )
-    assert config["train_all_positions"] is True
+@pytest.mark.parametrize(
+    "loss_type, stride, counts",
+    [
+        ("CE", None, "targets"),
+        ("BPR", None, "targets"),
+        ("CE", 3, "targets"),
+        ("BPR", 7, "slots"),
+        ("CE", None, "slots"),
+    ],
+)
+def test_windows_cover_every_training_target_once(tiny_data, loss_type, stride, counts):
+    settings = dict(loss_type=loss_type, train_window_stride=stride, train_batch_counts=counts)
+    config = build_config("CausalELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, **settings))
+    assert config["train_all_positions"] is True and config["train_batch_size"] == 64
     dataset, train_data, batches = windows_of_one_epoch(config)
-    # train_batch_size (64) counts targets: 64 // N = 6 windows of up to N = 10 targets
-    assert max(len(batch) for batch in batches) == 6
+    real_targets = [int((batch["target_item_id_list"] != 0).sum()) for batch in batches]
+    if counts == "slots":  # 64 // N = 6 windows of up to N = 10 targets
+        assert max(len(batch) for batch in batches) == 6
+    else:  # as few batches as hold 64 real targets each on average; each the average give or take N = 10
+        assert len(batches) == -(-sum(real_targets) // 64)
+        average = sum(real_targets) / len(batches)
+        assert all(abs(count - average) <= 10 for count in real_targets), real_targets
     prefix_train = train_data._dataset  # RecBole's training split: one sample per training target
     expected = sorted(zip(prefix_train.inter_feat["user_id"].tolist(), prefix_train.inter_feat["timestamp"].tolist()))
     # every training interaction (a user's first too, which is no target): the only items a history may hold
@@ -172,7 +228,7 @@ def test_windows_cover_every_training_target_once(tiny_data, loss_type, stride):
     for batch in batches:
         items, targets, lengths = batch["item_id_list"], batch["target_item_id_list"], batch["item_length"]
         times = batch["timestamp_list"]
-        assert items.shape == targets.shape == (len(lengths), 10)
+        assert items.shape == targets.shape == (len(lengths), int(lengths.max()))  # cut to the longest window
         for row, length in enumerate(lengths.tolist()):
             user = int(batch["user_id"][row])
             next_items = torch.cat([items[row, 1:length], batch["item_id"][row].view(1)])
