@@ -344,6 +344,9 @@ def window_end_samples(user_ids: np.ndarray, max_len: int, stride: int) -> Tuple
     return order[keep][by_position], loss_start[keep][by_position]
 
 
+BATCHES_PER_POOL = 64  # packed batches are cut from pools of windows this many batches hold, sorted by length
+
+
 def cut_to_longest(windows: Interaction, length_field: str, list_suffix: str) -> Interaction:
     """``windows`` with every ``[B, N, ...]`` list (a field ending in ``list_suffix``) cut to the longest history
     (``length_field``): the positions after it are padding in every row, on which no causal model's output at a
@@ -371,6 +374,17 @@ def pack_windows(targets: np.ndarray, n_batches: int, order: np.ndarray) -> List
     return np.split(order, np.searchsorted(batch_of, np.arange(1, n_batches)))
 
 
+def sorted_in_pools(order: np.ndarray, lengths: np.ndarray, pool_size: int) -> np.ndarray:
+    """``order`` cut into consecutive pools of ``pool_size`` windows, each pool sorted by window length (stably,
+    so windows of one length keep their order): batches cut from it then hold windows of about one length, and
+    cutting each to its longest window leaves little padding, while which windows share a pool stays random."""
+    pools = [
+        pool[np.argsort(lengths[pool], kind="stable")]
+        for pool in np.split(order, range(pool_size, len(order), pool_size))
+    ]
+    return np.concatenate(pools)
+
+
 def batches_per_epoch(targets: np.ndarray, budget: int) -> int:
     """How many batches of about ``budget`` real targets the windows (``targets`` each) fill: the total over the
     budget, rounded up, but never so many that a batch would get less than the largest window."""
@@ -394,7 +408,9 @@ class AllPositionsTrainDataLoader(TrainDataLoader):
     ``train_batch_size`` counts targets, as in RecBole's prefix scheme (one target per sample). With
     ``train_batch_counts: targets`` (the default) it counts real ones: each epoch the windows are shuffled and cut
     into :func:`batches_per_epoch` batches of ``train_batch_size`` real targets on average, at most one window more
-    (:func:`pack_windows`), so every N gives the same targets per step and the same steps per epoch. With
+    (:func:`pack_windows`), so every N gives the same targets per step and the same steps per epoch. Before the
+    cut, windows are sorted by length within random pools of :data:`BATCHES_PER_POOL` batches
+    (:func:`sorted_in_pools`): a batch then holds windows of about one length and little padding. With
     ``slots`` a batch holds ``train_batch_size // N`` windows (at least one), the scheme of every result before
     this key existed: short windows then fill fewer targets. Under DDP each rank's batches hold
     ``train_batch_size // world_size`` targets, as RecBole divides its batches. Each batch's ``[B, N]`` lists are
@@ -417,6 +433,7 @@ class AllPositionsTrainDataLoader(TrainDataLoader):
         self.window_samples = torch.from_numpy(ends)
         self.window_loss_start = torch.from_numpy(loss_start)
         lengths = dataset.inter_feat[self.length_field][self.window_samples].numpy()
+        self.window_lengths = lengths  # positions per window
         self.window_targets = lengths - loss_start  # real targets per window
         self.packed = config["train_batch_counts"] != "slots"
         if self.packed:
@@ -440,9 +457,13 @@ class AllPositionsTrainDataLoader(TrainDataLoader):
 
     def pack(self, shuffle: bool) -> List[np.ndarray]:
         """This epoch's batches, as window indices: the windows in a fresh random order (or in order without
-        ``shuffle``) cut into ``sample_size`` batches of equal real targets, give or take one window."""
+        ``shuffle``), sorted by length within pools of about :data:`BATCHES_PER_POOL` batches, cut into
+        ``sample_size`` batches of equal real targets, give or take one window. The loader then draws the batches
+        in random order."""
         n_windows = len(self.window_targets)
         order = torch.randperm(n_windows, generator=self.packing_generator).numpy() if shuffle else np.arange(n_windows)
+        pool_size = -(-n_windows // -(-self.sample_size // BATCHES_PER_POOL))
+        order = sorted_in_pools(order, self.window_lengths, pool_size)
         return pack_windows(self.window_targets, self.sample_size, order)
 
     def __iter__(self):

@@ -24,6 +24,7 @@ from recbole_elastic.windows import (
     batches_per_epoch,
     create_dataset,
     pack_windows,
+    sorted_in_pools,
     window_end_samples,
 )
 
@@ -173,6 +174,24 @@ def test_packed_batches_hold_every_window_once_and_equal_targets(targets, budget
     assert all(abs(count - average) <= targets.max() for count in sums), (sums, average)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=100),
+    pool_size=st.integers(1, 30),
+    seed=st.integers(0, 99),
+)
+def test_windows_are_sorted_by_length_within_each_pool(lengths, pool_size, seed):
+    lengths = np.array(lengths)
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    pooled = sorted_in_pools(order, lengths, pool_size)
+    for start in range(0, len(order), pool_size):
+        pool, expected = pooled[start : start + pool_size], order[start : start + pool_size]
+        assert sorted(pool) == sorted(expected)  # the same windows share a pool
+        assert np.all(np.diff(lengths[pool]) >= 0)  # shortest first
+        for length in set(lengths[pool].tolist()):  # windows of one length keep their random order
+            assert [w for w in pool if lengths[w] == length] == [w for w in expected if lengths[w] == length]
+
+
 def test_packed_batches_give_the_same_steps_at_every_window_length(tiny_data):
     # The same targets per epoch at N = 5 and N = 10 (tiling): the same batches per epoch, the same targets each.
     epochs = {}
@@ -183,6 +202,8 @@ def test_packed_batches_give_the_same_steps_at_every_window_length(tiny_data):
         _, train_data, batches = windows_of_one_epoch(config)
         epochs[max_len] = [int((batch["target_item_id_list"] != 0).sum()) for batch in batches]
         assert len(train_data) == len(batches)  # what a learning-rate schedule counts
+        assert len(batches) < 64  # one pool: every batch is a run of windows sorted by length
+        assert all(batch["item_length"].diff().ge(0).all() for batch in batches)
         second = [int((batch["target_item_id_list"] != 0).sum()) for batch in train_data]
         assert sum(second) == sum(epochs[max_len]) and second != epochs[max_len]  # a new cut each epoch
     assert len(epochs[5]) == len(epochs[10]) and sum(epochs[5]) == sum(epochs[10])
