@@ -45,6 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--config_files", default=None)
     parser.add_argument("--lengths", default="50,200")
     parser.add_argument("--model", default="CausalSASRec")
+    parser.add_argument("--train_batch_size", type=int, default=None, help="default: the config's")
     args = parser.parse_args(argv)
 
     from recbole_elastic.quick_start import build_config, prepare_data
@@ -59,6 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             config_dict = {"MAX_ITEM_LIST_LENGTH": length, "show_progress": False, "train_batch_counts": counts}
             if args.data_path:
                 config_dict["data_path"] = args.data_path
+            if args.train_batch_size:
+                config_dict["train_batch_size"] = args.train_batch_size
             config = build_config(
                 args.model,
                 args.dataset,

@@ -163,3 +163,19 @@ def test_ml1m_report_chooses_on_validation_and_pools_the_seeds(tmp_path, capsys)
     assert cells[1:3] == ["A-dropout", "2020,2021,2022"]
     assert cells[3] == "0.0700 ± 0.0200"  # mean and sample std of 0.05, 0.07, 0.09
     assert cells[-1] == "1.750"  # 0.07 / 0.04
+
+
+def test_batch_packing_counts_the_same_steps_and_targets_at_every_length(tiny_data, capsys):
+    import benchmarks.batch_packing as batch_packing
+
+    argv = ["--dataset", "tiny", "--data_path", tiny_data, "--lengths", "5,10", "--train_batch_size", "64"]
+    assert batch_packing.main(argv) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    table = {(int(row[0]), row[1].strip()): row for row in rows}
+    assert sorted(table) == [(5, "slots"), (5, "targets"), (10, "slots"), (10, "targets")]
+    steps = {key: int(row[3]) for key, row in table.items()}
+    mean_targets = {key: int(row[4].split()[0]) for key, row in table.items()}
+    assert steps[5, "targets"] == steps[10, "targets"]  # the same steps at both lengths, ...
+    assert abs(mean_targets[5, "targets"] - mean_targets[10, "targets"]) <= 1  # ... of the same targets
+    assert steps[5, "slots"] > steps[10, "targets"]  # slots: 12 windows of 5 hold fewer real targets than 64
+    assert mean_targets[5, "slots"] <= 64 and mean_targets[10, "slots"] <= 60  # 12 x 5 and 6 x 10 slots
