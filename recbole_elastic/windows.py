@@ -272,9 +272,13 @@ def create_dataset(config, dataset_class: type = None):
 
 
 def window_stride(config) -> int:
-    """``train_window_stride``, or ``MAX_ITEM_LIST_LENGTH`` when unset."""
+    """``train_window_stride``, or when unset three quarters of ``MAX_ITEM_LIST_LENGTH`` (rounded up): every
+    target then sees at least N / 4 items of context, for up to a third more windows than tiling (S = N; 6% more on
+    ml-1m at N = 200). Chosen on
+    ml-1m at N = 200, where it gave a mean training context of 0.84x the evaluation's against tiling's 0.74x and
+    higher validation NDCG@10 after 4 epochs (docs/RESULTS.md, issue 25)."""
     stride = config["train_window_stride"]
-    return config["MAX_ITEM_LIST_LENGTH"] if stride is None else stride
+    return -(-3 * config["MAX_ITEM_LIST_LENGTH"] // 4) if stride is None else stride
 
 
 def check_window_settings(config) -> None:
@@ -303,7 +307,8 @@ def check_window_settings(config) -> None:
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= max_len:
         raise ConfigError(
             f"train_window_stride = {config['train_window_stride']!r} is invalid: it must be an integer in "
-            f"1..MAX_ITEM_LIST_LENGTH={max_len} (a larger stride would skip training targets), or ~ for {max_len}."
+            f"1..MAX_ITEM_LIST_LENGTH={max_len} (a larger stride would skip training targets), or ~ for "
+            f"{-(-3 * max_len // 4)} (three quarters of it)."
         )
     if config["train_batch_counts"] not in ("targets", "slots"):
         raise ConfigError(

@@ -220,7 +220,7 @@ def windows_of_one_epoch(config):
     "loss_type, stride, counts",
     [
         ("CE", None, "targets"),
-        ("BPR", None, "targets"),
+        ("BPR", 10, "targets"),  # tiling
         ("CE", 3, "targets"),
         ("BPR", 7, "slots"),
         ("CE", None, "slots"),
@@ -244,7 +244,8 @@ def test_windows_cover_every_training_target_once(tiny_data, loss_type, stride, 
     training_times = set(expected) | {
         (user, times[0]) for user, times in zip(batch_users(prefix_train), batch_times(prefix_train))
     }
-    min_context = 10 - (stride or 10) + 1  # items a target sees unless its user has fewer before it
+    stride = stride or 8  # unset: three quarters of N = 10, rounded up
+    min_context = 10 - stride + 1  # items a target sees unless its user has fewer before it
     seen = []
     for batch in batches:
         items, targets, lengths = batch["item_id_list"], batch["target_item_id_list"], batch["item_length"]
