@@ -4,6 +4,8 @@
 # benchmarks/results/ml-100k-chunked-ablations-n200/VARIANT.
 #   SEEDS=2020 bash benchmarks/chunked_ablations.sh [VARIANT ...]
 # Variants: defaults recency no-memory no-local c25 c100 (all when none is given).
+# The recorded runs (docs/RESULTS.md) ran on commit db6272b, which tiled windows and batched 2048 // N of them;
+# on later commits add --train_window_stride=200 --train_batch_counts=slots (EXTRA_FLAGS) for that protocol.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 declare -A flags=(
@@ -20,6 +22,6 @@ for variant in "${variants[@]}"; do
   # shellcheck disable=SC2086
   python run_recbole_elastic.py --model=ChunkedELASTIC --dataset=ml-100k --config_files=benchmarks/configs/ml-100k.yaml \
     --MAX_ITEM_LIST_LENGTH=200 --epochs=10 --stopping_step=10 --seeds="${SEEDS:-2020}" --gpu_id= \
-    --hidden_dropout_prob=0.2 --attn_dropout_prob=0.2 --learning_rate=0.002 ${flags[$variant]} \
+    --hidden_dropout_prob=0.2 --attn_dropout_prob=0.2 --learning_rate=0.002 ${flags[$variant]} ${EXTRA_FLAGS:-} \
     --output_dir="benchmarks/results/ml-100k-chunked-ablations-n200/$variant-${SEEDS:-2020}"
 done

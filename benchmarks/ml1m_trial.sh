@@ -3,7 +3,8 @@
 #   bash benchmarks/ml1m_trial.sh NAME MODEL [--key=value ...]
 # Results go to benchmarks/results/ml-1m-trials/NAME, the best checkpoint to $CHECKPOINT_DIR (outside the repository;
 # benchmarks/paired_users.py compares them). EPOCHS (default 4, the CPU budget), SEEDS (default 2020) and DATA_PATH
-# can be set from the environment.
+# can be set from the environment. Every run recorded before train_batch_counts existed tiled its windows and
+# batched 2048 // N of them: add --train_window_stride=200 --train_batch_counts=slots to repeat one of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name="$1"; model="$2"; shift 2
