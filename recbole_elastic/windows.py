@@ -310,7 +310,7 @@ def check_window_settings(config) -> None:
             f"1..MAX_ITEM_LIST_LENGTH={max_len} (a larger stride would skip training targets), or ~ for "
             f"{-(-3 * max_len // 4)} (three quarters of it)."
         )
-    if config["train_batch_counts"] not in ("targets", "slots"):
+    if config["train_batch_counts"] not in (None, "targets", "slots"):  # None: a config saved before the key
         raise ConfigError(
             f"train_batch_counts = {config['train_batch_counts']!r} is invalid: use 'targets' (train_batch_size real "
             "targets per batch) or 'slots' (train_batch_size // MAX_ITEM_LIST_LENGTH windows per batch)."

@@ -305,6 +305,7 @@ def test_all_positions_run_trains_every_causal_model(tiny_data):
         ("ELASTIC", {"train_all_positions": True}, "scores every position causally"),
         ("CausalELASTIC", {"train_window_stride": 0}, "train_window_stride"),
         ("CausalELASTIC", {"train_window_stride": 11}, "1..MAX_ITEM_LIST_LENGTH=10"),
+        ("CausalSASRec", {"train_batch_counts": "windows"}, "train_batch_counts = 'windows' is invalid"),
         # random order, or samples not grouped by user: a user's training samples are no prefixes in time order
         (
             "CausalELASTIC",
@@ -324,6 +325,14 @@ def test_bad_window_settings_name_the_key(tiny_data, model, settings, fragment):
         prepare_data(config)
     assert fragment in str(error.value)
     assert not os.path.isdir(os.path.join(tiny_data, "saved"))
+
+
+def test_a_config_saved_before_train_batch_counts_packs_its_batches(tiny_data):
+    # Checkpoints written before the key existed hold None for it: they load, and train as the default does.
+    config = build_config("CausalSASRec", "tiny", config_dict=tiny_run_config(tiny_data, train_batch_counts=None))
+    assert config["train_batch_counts"] is None
+    _, train_data, _ = windows_of_one_epoch(config)
+    assert train_data.packed
 
 
 @pytest.mark.parametrize(
