@@ -52,9 +52,9 @@ def batch_targets(config) -> int:
     return max(batch, 2 * window) + window
 
 
-def output_candidates(config, n_items: int) -> int:
-    """How many items each training target is scored against, for ``config``'s ``loss_type``."""
-    loss_type = config["loss_type"]
+def output_candidates(config, n_items: int, loss_type: Optional[str] = None) -> int:
+    """How many items each training target is scored against, for ``loss_type`` (default: ``config``'s)."""
+    loss_type = loss_type or config["loss_type"]
     if loss_type == SAMPLED_SOFTMAX:
         return 1 + config["sampled_negatives"] + (batch_targets(config) if config["in_batch_negatives"] else 0)
     if loss_type == "BPR":
@@ -125,9 +125,7 @@ def check_output_memory(config, n_items: int, available: Optional[int] = None) -
     if config["loss_type"] == SAMPLED_SOFTMAX:
         advice = f"Lower sampled_negatives, or {smaller_batch}"
     elif config["sampled_negatives"] is not None:  # a plugin model: it has the sampled softmax
-        keys = ("train_batch_size", "sampled_negatives", "in_batch_negatives", "train_all_positions")
-        sampled = {key: config[key] for key in (*keys, "train_batch_counts", "MAX_ITEM_LIST_LENGTH")}
-        candidates = output_candidates({**sampled, "loss_type": SAMPLED_SOFTMAX}, n_items)
+        candidates = output_candidates(config, n_items, loss_type=SAMPLED_SOFTMAX)
         advice = (
             f"Use loss_type=SampledSoftmax (each target scored against {candidates:,} items instead of "
             f"{n_items:,}; see recbole_elastic/model/sampled_softmax.py), or {smaller_batch}"

@@ -271,14 +271,18 @@ def create_dataset(config, dataset_class: type = None):
     return dataset
 
 
+def default_window_stride(max_len: int) -> int:
+    """The stride when ``train_window_stride`` is unset: three quarters of N = ``max_len``, rounded up. Every target
+    then sees at least N / 4 items of context, for up to a third more windows than tiling (S = N; 6% more on ml-1m
+    at N = 200). Chosen on ml-1m at N = 200, where it gave a mean training context of 0.84x the evaluation's
+    against tiling's 0.74x and higher validation NDCG@10 after 4 epochs (docs/RESULTS.md, issue 25)."""
+    return -(-3 * max_len // 4)
+
+
 def window_stride(config) -> int:
-    """``train_window_stride``, or when unset three quarters of ``MAX_ITEM_LIST_LENGTH`` (rounded up): every
-    target then sees at least N / 4 items of context, for up to a third more windows than tiling (S = N; 6% more on
-    ml-1m at N = 200). Chosen on
-    ml-1m at N = 200, where it gave a mean training context of 0.84x the evaluation's against tiling's 0.74x and
-    higher validation NDCG@10 after 4 epochs (docs/RESULTS.md, issue 25)."""
+    """``train_window_stride``, or :func:`default_window_stride` when unset."""
     stride = config["train_window_stride"]
-    return -(-3 * config["MAX_ITEM_LIST_LENGTH"] // 4) if stride is None else stride
+    return default_window_stride(config["MAX_ITEM_LIST_LENGTH"]) if stride is None else stride
 
 
 def check_window_settings(config) -> None:
@@ -308,7 +312,7 @@ def check_window_settings(config) -> None:
         raise ConfigError(
             f"train_window_stride = {config['train_window_stride']!r} is invalid: it must be an integer in "
             f"1..MAX_ITEM_LIST_LENGTH={max_len} (a larger stride would skip training targets), or ~ for "
-            f"{-(-3 * max_len // 4)} (three quarters of it)."
+            f"{default_window_stride(max_len)} (three quarters of it)."
         )
     if config["train_batch_counts"] not in (None, "targets", "slots"):  # None: a config saved before the key
         raise ConfigError(
@@ -467,7 +471,8 @@ class AllPositionsTrainDataLoader(TrainDataLoader):
         in random order."""
         n_windows = len(self.window_targets)
         order = torch.randperm(n_windows, generator=self.packing_generator).numpy() if shuffle else np.arange(n_windows)
-        pool_size = -(-n_windows // -(-self.sample_size // BATCHES_PER_POOL))
+        n_pools = -(-self.sample_size // BATCHES_PER_POOL)
+        pool_size = -(-n_windows // n_pools)
         order = sorted_in_pools(order, self.window_lengths, pool_size)
         return pack_windows(self.window_targets, self.sample_size, order)
 
