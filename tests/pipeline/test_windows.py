@@ -204,9 +204,15 @@ def test_packed_batches_give_the_same_steps_at_every_window_length(tiny_data):
         assert len(train_data) == len(batches)  # what a learning-rate schedule counts
         assert len(batches) < 64  # one pool: every batch is a run of windows sorted by length
         assert all(batch["item_length"].diff().ge(0).all() for batch in batches)
-        second = [int((batch["target_item_id_list"] != 0).sum()) for batch in train_data]
-        assert sum(second) == sum(epochs[max_len]) and second != epochs[max_len]  # a new cut each epoch
+        second = list(train_data)
+        assert sum(int((batch["target_item_id_list"] != 0).sum()) for batch in second) == sum(epochs[max_len])
+        assert window_sets(second) != window_sets(batches)  # a new cut each epoch, not only a new batch order
     assert len(epochs[5]) == len(epochs[10]) and sum(epochs[5]) == sum(epochs[10])
+
+
+def window_sets(batches):
+    """Which windows (user, last target time) share a batch, whatever the order of the batches."""
+    return {frozenset(zip(batch["user_id"].tolist(), batch["timestamp"].tolist())) for batch in batches}
 
 
 def windows_of_one_epoch(config):
@@ -246,7 +252,7 @@ def test_windows_cover_every_training_target_once(tiny_data, loss_type, stride, 
     }
     stride = stride or 8  # unset: three quarters of N = 10, rounded up
     min_context = 10 - stride + 1  # items a target sees unless its user has fewer before it
-    seen = []
+    seen, later_windows = [], 0
     for batch in batches:
         items, targets, lengths = batch["item_id_list"], batch["target_item_id_list"], batch["item_length"]
         times = batch["timestamp_list"]
@@ -261,6 +267,7 @@ def test_windows_cover_every_training_target_once(tiny_data, loss_type, stride, 
             assert predicted[-1] and predicted.int().diff().ge(0).all()  # a loss on the window's last positions
             if not predicted.all():  # not the user's first window: the targets before were predicted already
                 assert length == 10 and int(predicted.sum()) == stride
+                later_windows += 1
             first_context = int(predicted.int().argmax()) + 1  # items the first predicted target sees
             assert predicted.all() or first_context >= min_context  # a first window starts at the first item
             seen += [(user, t) for t, p in zip(next_times, predicted.tolist()) if p]
@@ -273,6 +280,7 @@ def test_windows_cover_every_training_target_once(tiny_data, loss_type, stride, 
         else:
             assert "neg_target_item_id_list" not in batch
     assert sorted(seen) == expected  # every training target exactly once
+    assert (later_windows > 0) == (stride < 10)  # overlapping windows exactly when the stride is below N
 
 
 def batch_users(dataset):
