@@ -4,9 +4,10 @@
 
 * ``user_tower.onnx``: the model's ``forward(item_seq, item_seq_len)`` in eval mode, i.e. histories of internal
   item ids ``[B, N]`` (int64, left-aligned, padded with 0 to ``N = MAX_ITEM_LIST_LENGTH``) and their lengths
-  ``[B]`` (int64, 1..N) -> user vectors ``[B, H]`` (float32). The batch axis is dynamic; N is fixed.
-* ``item_embeddings.npy``: the item embedding matrix ``[n_items, H]`` (float32, row 0 is padding); a user's scores
-  are ``user_vector @ items.T``.
+  ``[B]`` (int64, 1..N) -> user vectors ``[B, H]`` (float32). The batch axis is dynamic; N is fixed. With
+  ``score_temperature`` the vectors are the outputs L2-normalised and divided by it (``score_queries``).
+* ``item_embeddings.npy``: the item embedding matrix ``[n_items, H]`` (float32, row 0 is padding; with
+  ``score_temperature``, its rows L2-normalised); a user's scores are ``user_vector @ items.T``.
 * ``export.json``: model and dataset names, N, H, the opset, the padding id (0) and ``item_tokens`` (internal id
   -> external token; ``item_tokens.index(token)`` is the other way), plus the largest difference between
   onnxruntime's and PyTorch's user vectors on random histories, measured right after the export.
@@ -49,6 +50,7 @@ from torch.overrides import TorchFunctionMode
 
 from recbole_elastic.atomic import atomic_path, atomic_write
 from recbole_elastic.errors import ConfigError, ElasticError, MissingDependencyError
+from recbole_elastic.model.abstract import DotProductSequentialRecommender
 from recbole_elastic.model.causal_elastic import CausalELASTIC
 
 ONNX_OPSET = 18  # the lowest opset torch's exporter targets; onnxruntime >= 1.14 runs it
@@ -73,8 +75,22 @@ class UserTower(nn.Module):
         # Only CausalELASTIC's own forward is replaced by what it computes per group; a subclass that overrides
         # forward is exported as written.
         if type(self.model).forward is CausalELASTIC.forward:
-            return super(CausalELASTIC, self.model).forward(item_seq, item_seq_len)
-        return self.model(item_seq, item_seq_len)
+            output = super(CausalELASTIC, self.model).forward(item_seq, item_seq_len)
+        else:
+            output = self.model(item_seq, item_seq_len)
+        return user_vectors(self.model, output)
+
+
+def user_vectors(model: nn.Module, output: torch.Tensor) -> torch.Tensor:
+    """The user side of ``user . item`` scores for outputs ``[B, H]``: a plugin model's ``score_queries``, a
+    RecBole model's output itself."""
+    return model.score_queries(output) if isinstance(model, DotProductSequentialRecommender) else output
+
+
+def item_matrix(model: nn.Module) -> torch.Tensor:
+    """The item side ``[n_items, H]`` of the scores: a plugin model's ``item_vectors``, a RecBole model's item
+    embedding."""
+    return model.item_vectors() if isinstance(model, DotProductSequentialRecommender) else model.item_embedding.weight
 
 
 def cummax_by_masked_max(values: torch.Tensor, dim: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -261,7 +277,7 @@ def parity_with_pytorch(model: nn.Module, path: str) -> float:
     for seed, batch_lengths in enumerate([[length] for length in lengths] + [lengths]):
         item_seq, item_seq_len = example_histories(n_items, max_len, batch_lengths, seed=seed)
         with torch.no_grad():
-            expected = model(item_seq, item_seq_len).numpy()
+            expected = user_vectors(model, model(item_seq, item_seq_len)).numpy()
         largest = max(largest, float(np.abs(onnx_user_vectors(session, item_seq, item_seq_len) - expected).max()))
     return largest
 
@@ -294,7 +310,7 @@ def export_onnx(
             )
         opset = next(entry.version for entry in onnx.load(temporary).opset_import if entry.domain in ("", "ai.onnx"))
     with atomic_path(os.path.join(output_dir, ITEM_EMBEDDINGS_FILE)) as temporary, open(temporary, "wb") as f:
-        np.save(f, model.item_embedding.weight.detach().cpu().numpy().astype(np.float32))
+        np.save(f, item_matrix(model).detach().cpu().numpy().astype(np.float32))
     manifest = {
         "model": model_name or type(model).__name__,
         "dataset": dataset,

@@ -192,4 +192,4 @@ class ChunkedELASTIC(AllPositionsMixin, ELASTIC):
     @inference
     def stream_scores(self, state: ChunkedStreamState) -> torch.Tensor:
         """Scores of every item as each user's next event ``[B, n_items]``, from the state alone."""
-        return torch.matmul(state.output, self.item_embedding.weight.transpose(0, 1))
+        return self.score_all_items(state.output)

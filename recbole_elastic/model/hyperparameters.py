@@ -55,6 +55,9 @@ class HyperparameterChecker:
         activations = list(HIDDEN_ACTIVATIONS)
         self.require("hidden_act", self.config["hidden_act"] in activations, f"one of {activations}")
         self.require_loss()
+        temperature = self.config["score_temperature"]
+        positive = isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0
+        self.require("score_temperature", temperature is None or positive, "~ (dot product) or a number > 0")
 
     def require_loss(self) -> None:
         """``loss_type``, and for the sampled softmax its negatives (at least one source) and correction."""

@@ -172,6 +172,34 @@ def test_full_sort_scores_every_item_by_dot_product_and_predict_scores_one(name)
     assert torch.allclose(one, expected[torch.arange(4), POSITIVES], atol=1e-5)
 
 
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
+def test_a_score_temperature_scores_by_cosine_similarity_over_it_in_every_score_and_loss(name, loss_type):
+    temperature = 0.05
+    model = trained_looking_model(name, loss_type=loss_type)
+    model.score_temperature = temperature
+    batch = batch_with_targets()
+    seq_output, items = output(model, batch), model.item_embedding.weight.detach()
+    expected = F.cosine_similarity(seq_output.unsqueeze(1), items.unsqueeze(0), dim=-1, eps=1e-12) / temperature
+    with torch.no_grad():
+        full, one, loss = model.full_sort_predict(batch), model.predict(batch), model.calculate_loss(batch)
+    assert torch.allclose(full, expected, atol=1e-4) and full[:, 1:].abs().max() > 1  # the scale is 1 / tau
+    assert torch.allclose(one, expected[torch.arange(4), POSITIVES], atol=1e-4)
+    if loss_type == "CE":
+        expected_loss = -F.log_softmax(expected, dim=-1)[torch.arange(4), POSITIVES].mean()
+    else:
+        margin = expected[torch.arange(4), POSITIVES] - expected[torch.arange(4), NEGATIVES]
+        expected_loss = -torch.log(torch.sigmoid(margin)).mean()
+    assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("model_class", MODELS)
+@pytest.mark.parametrize("temperature", [0, -0.05, True, "0.05"])
+def test_a_score_temperature_must_be_a_positive_number(model_class, temperature):
+    allowed = "~ (dot product) or a number > 0"
+    assert_rejects_hyperparameter(model_class, {"score_temperature": temperature}, "score_temperature", allowed)
+
+
 @pytest.mark.parametrize("model_class", MODELS)
 def test_predict_for_a_batch_of_one_in_training_mode_equals_eval_mode(model_class):
     # RecBole's FLOPs probe calls predict on one interaction with the model in training mode: ELASTIC's query

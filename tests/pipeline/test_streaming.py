@@ -38,9 +38,9 @@ def causal_elastic(recency_bias=False):
     return model
 
 
-def chunked_elastic(chunk_size=3):
+def chunked_elastic(chunk_size=3, **overrides):
     torch.manual_seed(0)
-    model = build_model(ChunkedELASTIC, N_ITEMS, MAX_LEN, interest_chunk_size=chunk_size, **SMALL)
+    model = build_model(ChunkedELASTIC, N_ITEMS, MAX_LEN, interest_chunk_size=chunk_size, **SMALL, **overrides)
     return randomise_biases_and_gains(model)
 
 
@@ -49,6 +49,7 @@ STREAMING_MODELS = {
     "CausalELASTIC": causal_elastic,
     "CausalELASTIC-recency": lambda: causal_elastic(recency_bias=True),
     "ChunkedELASTIC": chunked_elastic,
+    "ChunkedELASTIC-cosine": lambda: chunked_elastic(score_temperature=0.05),
 }
 
 
@@ -66,7 +67,10 @@ def full_pass_scores(model, history):
             return model.full_sort_predict(padded_batch([history], MAX_LEN))[0]
         batch = padded_batch([history], len(history))
         output = model.forward_all_positions(batch["item_id_list"], batch["item_length"])[0, -1]
-        return output @ model.item_embedding.weight.T
+        items = model.item_embedding.weight
+        if model.score_temperature is not None:  # cosine similarity over the temperature
+            return output @ items.T / output.norm() / items.norm(dim=-1).clamp_min(1e-12) / model.score_temperature
+        return output @ items.T
 
 
 def expected_topk(scores, history, k):
