@@ -39,7 +39,7 @@ WIDTH = 10
 DETERMINISTIC = settings(max_examples=25, deadline=None, derandomize=True)
 
 
-def trained_looking_model(name: str, n_layers: int = 2, loss_type: str = "CE"):
+def trained_looking_model(name: str, n_layers: int = 2, loss_type: str = "CE", **settings):
     """A model in eval mode whose parameters are all far from their initial values (biases, LayerNorm gains and
     BatchNorm statistics included), so that no term of its computation is zero or the identity by accident.
 
@@ -47,7 +47,8 @@ def trained_looking_model(name: str, n_layers: int = 2, loss_type: str = "CE"):
     tests that executed the mutated code, and a test that reused a model built by another would not count."""
     model_class, overrides = VARIANTS[name]
     torch.manual_seed(0)
-    model = build_model(model_class, n_items=N_ITEMS, max_len=20, n_layers=n_layers, loss_type=loss_type, **overrides)
+    settings = {**overrides, **settings}
+    model = build_model(model_class, n_items=N_ITEMS, max_len=20, n_layers=n_layers, loss_type=loss_type, **settings)
     return randomise_biases_and_gains(model)
 
 
@@ -176,8 +177,7 @@ def test_full_sort_scores_every_item_by_dot_product_and_predict_scores_one(name)
 @pytest.mark.parametrize("loss_type", ["CE", "BPR"])
 def test_a_score_temperature_scores_by_cosine_similarity_over_it_in_every_score_and_loss(name, loss_type):
     temperature = 0.05
-    model = trained_looking_model(name, loss_type=loss_type)
-    model.score_temperature = temperature
+    model = trained_looking_model(name, loss_type=loss_type, score_temperature=temperature)
     batch = batch_with_targets()
     seq_output, items = output(model, batch), model.item_embedding.weight.detach()
     expected = F.cosine_similarity(seq_output.unsqueeze(1), items.unsqueeze(0), dim=-1, eps=1e-12) / temperature

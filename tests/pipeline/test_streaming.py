@@ -26,10 +26,10 @@ SMALL = {
 TOKENS = ["[PAD]"] + [f"m{i}" for i in range(1, N_ITEMS)]  # external item tokens: id i is "m{i}"
 
 
-def causal_elastic(recency_bias=False):
+def causal_elastic(recency_bias=False, **overrides):
     torch.manual_seed(0)
     model = randomise_biases_and_gains(
-        build_model(CausalELASTIC, N_ITEMS, MAX_LEN, causal_recency_bias=recency_bias, **SMALL)
+        build_model(CausalELASTIC, N_ITEMS, MAX_LEN, causal_recency_bias=recency_bias, **SMALL, **overrides)
     )
     if recency_bias:
         with torch.no_grad():
@@ -44,10 +44,12 @@ def chunked_elastic(chunk_size=3, **overrides):
     return randomise_biases_and_gains(model)
 
 
-# The causal models whose state streams: CausalELASTIC (with and without the recency bias) and ChunkedELASTIC.
+# The causal models whose state streams: CausalELASTIC (with and without the recency bias) and ChunkedELASTIC,
+# each also with cosine scores (score_temperature).
 STREAMING_MODELS = {
     "CausalELASTIC": causal_elastic,
     "CausalELASTIC-recency": lambda: causal_elastic(recency_bias=True),
+    "CausalELASTIC-cosine": lambda: causal_elastic(score_temperature=0.05),
     "ChunkedELASTIC": chunked_elastic,
     "ChunkedELASTIC-cosine": lambda: chunked_elastic(score_temperature=0.05),
 }
