@@ -128,7 +128,7 @@ class DotProductSequentialRecommender(SequentialRecommender):
             neg_score = torch.sum(query * self.item_vectors(neg_items), dim=-1)  # [M]
             return self.loss_fct(pos_score, neg_score)
         if self.loss_type == SAMPLED_SOFTMAX:
-            return self.sampled_softmax(self.score_queries(seq_output), pos_items, self.item_vectors())
+            return self.sampled_softmax(self.score_queries(seq_output), pos_items, self.item_vectors)
         return self.loss_fct(self.score_all_items(seq_output), pos_items)  # logits [M n_items]
 
     def predict(self, interaction) -> torch.Tensor:

@@ -19,7 +19,7 @@ softmax. :func:`sampled_softmax_loss` given every item, padding included, as neg
 Evaluation always ranks the full catalogue.
 """
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,8 @@ def sampled_softmax_loss(
     query: torch.Tensor,
     positives: torch.Tensor,
     negatives: torch.Tensor,
-    item_weight: torch.Tensor,
+    positive_vectors: torch.Tensor,
+    negative_vectors: torch.Tensor,
     positive_correction: Optional[torch.Tensor] = None,
     negative_correction: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
@@ -64,12 +65,13 @@ def sampled_softmax_loss(
         query: ``[M, H]``, the model's output for each of M targets.
         positives: ``[M]``, each target's item.
         negatives: ``[K]``, negative items shared by all targets.
-        item_weight: ``[n_items, H]``, the item embedding table (scores are dot products).
+        positive_vectors, negative_vectors: ``[M, H]`` and ``[K, H]``, the item side of the positives' and the
+            negatives' scores (scores are dot products with ``query``).
         positive_correction, negative_correction: ``[M]`` and ``[K]``, added to the logits (the log-q
             correction), or None.
     """
-    positive_logits = torch.sum(query * item_weight[positives], dim=-1, keepdim=True)  # [M 1]
-    negative_logits = query @ item_weight[negatives].t()  # [M K]
+    positive_logits = torch.sum(query * positive_vectors, dim=-1, keepdim=True)  # [M 1]
+    negative_logits = query @ negative_vectors.t()  # [M K]
     if positive_correction is not None:
         positive_logits = positive_logits + positive_correction.unsqueeze(1)
         negative_logits = negative_logits + negative_correction.unsqueeze(0)
@@ -108,12 +110,25 @@ class SampledSoftmax(torch.nn.Module):
         uniform = torch.randint(1, self.n_items, (self.n_uniform,), device=positives.device)
         return torch.cat([uniform, positives]) if self.in_batch else uniform
 
-    def forward(self, query: torch.Tensor, positives: torch.Tensor, item_weight: torch.Tensor) -> torch.Tensor:
-        """The loss of ``query`` ``[M, H]`` for targets ``positives`` ``[M]`` against freshly drawn negatives."""
+    def forward(
+        self, query: torch.Tensor, positives: torch.Tensor, item_vectors: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """The loss of ``query`` ``[M, H]`` for targets ``positives`` ``[M]`` against freshly drawn negatives.
+
+        ``item_vectors`` maps item ids to the item side of the scores (the model's :meth:`item_vectors`): only the
+        drawn rows are looked up, never the whole ``[n_items, H]`` table."""
         negatives = self.draw_negatives(positives)
         positive_correction = negative_correction = None
         if self.logq_correction:
             correction = [len(positives), self.n_uniform, self.in_batch]
             positive_correction = negative_log_expected_counts(positives, self.item_share, *correction)
             negative_correction = negative_log_expected_counts(negatives, self.item_share, *correction)
-        return sampled_softmax_loss(query, positives, negatives, item_weight, positive_correction, negative_correction)
+        return sampled_softmax_loss(
+            query,
+            positives,
+            negatives,
+            item_vectors(positives),
+            item_vectors(negatives),
+            positive_correction,
+            negative_correction,
+        )

@@ -25,7 +25,7 @@ def test_every_item_as_negative_without_correction_is_full_cross_entropy():
     torch.manual_seed(0)
     query, weight = torch.randn(7, 5), torch.randn(12, 5)
     positives = torch.tensor([3, 0, 11, 3, 5, 7, 1])
-    loss = sampled_softmax_loss(query, positives, torch.arange(12), weight)
+    loss = sampled_softmax_loss(query, positives, torch.arange(12), weight[positives], weight)
     assert torch.allclose(loss, F.cross_entropy(query @ weight.T, positives), atol=1e-6)
 
 
@@ -35,7 +35,7 @@ def test_every_real_item_as_negative_is_cross_entropy_without_padding():
     torch.manual_seed(0)
     query, weight = torch.randn(7, 5), torch.randn(12, 5)
     positives = torch.tensor([3, 2, 11, 3, 5, 7, 1])
-    loss = sampled_softmax_loss(query, positives, torch.arange(1, 12), weight)
+    loss = sampled_softmax_loss(query, positives, torch.arange(1, 12), weight[positives], weight[1:])
     logits = query @ weight.T
     assert torch.allclose(loss, F.cross_entropy(logits[:, 1:], positives - 1), atol=1e-6)
     assert loss < F.cross_entropy(logits, positives) - 1e-3  # padding's term is missing from the softmax
@@ -60,7 +60,9 @@ def test_accidental_hits_are_masked_and_the_correction_is_added_to_every_candida
     positives = torch.tensor([2, 5, 2, 8])
     negatives = torch.tensor([5, 1, 2, 2, 7])  # hits for rows 0, 1 and 2
     offset = torch.tensor([0.0, 0.3, -1.2, 0.7, 0.1, 2.0, -0.4, 0.9, -2.5])  # any per-item correction
-    loss = sampled_softmax_loss(query, positives, negatives, weight, offset[positives], offset[negatives])
+    loss = sampled_softmax_loss(
+        query, positives, negatives, weight[positives], weight[negatives], offset[positives], offset[negatives]
+    )
     expected = direct_loss(query, positives, negatives, weight, lambda item: float(offset[item]))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
@@ -91,7 +93,8 @@ def test_module_loss_draws_negatives_and_corrects_them(in_batch, logq_correction
     positives = torch.tensor([4, 4, 9, 17, 1])
 
     torch.manual_seed(3)
-    loss = sampled(query, positives, weight)
+    looked_up = []
+    loss = sampled(query, positives, lambda items: looked_up.append(items) or weight[items])
     torch.manual_seed(3)
     negatives = sampled.draw_negatives(positives)
 
@@ -99,6 +102,7 @@ def test_module_loss_draws_negatives_and_corrects_them(in_batch, logq_correction
     assert negatives.min() >= 1  # padding is never a negative
     if in_batch:
         assert negatives[6:].tolist() == positives.tolist()
+    assert [items.tolist() for items in looked_up] == [positives.tolist(), negatives.tolist()]  # drawn rows only
     counts = Counter(training_items.tolist())
 
     def log_q(item):
@@ -127,10 +131,12 @@ def model_with_targets(model_class, training_items, **overrides):
 
 @pytest.mark.parametrize("model_class", [ELASTIC, LinRec, CausalSASRec])
 @pytest.mark.parametrize("logq_correction", [True, False])
-def test_model_loss_is_the_sampled_softmax_of_its_output(model_class, logq_correction):
+@pytest.mark.parametrize("temperature", [None, 0.05])
+def test_model_loss_is_the_sampled_softmax_of_its_output(model_class, logq_correction, temperature):
     torch.manual_seed(0)
     training_items = torch.tensor([6] * 30 + [8] * 5 + list(range(1, 40)))  # item 6 popular: the correction matters
     settings = {"loss_type": "SampledSoftmax", "sampled_negatives": 8, "logq_correction": logq_correction}
+    settings["score_temperature"] = temperature
     model = model_with_targets(model_class, training_items, **settings).eval()
     batch = padded_batch([[3, 4, 5], [7], [9, 2, 2, 6]], width=20)
     batch.update(type(batch)({"item_id": torch.tensor([6, 8, 1])}))
@@ -145,7 +151,10 @@ def test_model_loss_is_the_sampled_softmax_of_its_output(model_class, logq_corre
     def log_q(item):
         return -math.log(8 / 39 + 3 * counts[item] / len(training_items)) if logq_correction else 0.0
 
-    expected = direct_loss(output, batch["item_id"], negatives, model.item_embedding.weight.detach(), log_q)
+    weight = model.item_embedding.weight.detach()
+    if temperature is not None:  # cosine similarity over the temperature
+        output, weight = F.normalize(output, dim=-1) / temperature, F.normalize(weight, dim=-1)
+    expected = direct_loss(output, batch["item_id"], negatives, weight, log_q)
     assert loss.item() == pytest.approx(expected, rel=1e-4)
     assert "sampled_softmax.item_share" not in model.state_dict()  # checkpoints unchanged
 
