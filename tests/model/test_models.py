@@ -39,7 +39,7 @@ WIDTH = 10
 DETERMINISTIC = settings(max_examples=25, deadline=None, derandomize=True)
 
 
-def trained_looking_model(name: str, n_layers: int = 2, loss_type: str = "CE", **settings):
+def trained_looking_model(name: str, n_layers: int = 2, loss_type: str = "CE", **hyperparameters):
     """A model in eval mode whose parameters are all far from their initial values (biases, LayerNorm gains and
     BatchNorm statistics included), so that no term of its computation is zero or the identity by accident.
 
@@ -47,8 +47,10 @@ def trained_looking_model(name: str, n_layers: int = 2, loss_type: str = "CE", *
     tests that executed the mutated code, and a test that reused a model built by another would not count."""
     model_class, overrides = VARIANTS[name]
     torch.manual_seed(0)
-    settings = {**overrides, **settings}
-    model = build_model(model_class, n_items=N_ITEMS, max_len=20, n_layers=n_layers, loss_type=loss_type, **settings)
+    hyperparameters = {**overrides, **hyperparameters}
+    model = build_model(
+        model_class, n_items=N_ITEMS, max_len=20, n_layers=n_layers, loss_type=loss_type, **hyperparameters
+    )
     return randomise_biases_and_gains(model)
 
 
