@@ -1,17 +1,18 @@
 """Is one saved model better than another on the same test users? A paired comparison over users.
 
     python benchmarks/paired_users.py CHECKPOINT[,CHECKPOINT...] [CHECKPOINT[,...] ...] [--k 10] [--bootstrap 10000]
-                                      [--seed 0]
+                                      [--seed 0] [--exclude_history]
 
 One training run gives one test score per model, and a seed-to-seed comparison needs many runs. This script asks
 a cheaper, narrower question of the runs already made: on these test users, is the gap between two trained models
 larger than the user-to-user noise? All checkpoints must come from the same dataset and split (same users).
 
 For each checkpoint it ranks every test user's held-out item (``recbole_elastic.evaluate.held_out_ranks``,
-RecBole's full ranking), then scores each user: NDCG@k = 1/log2(rank+2), Hit@k = 1 and MRR@k = 1/(rank+1) when
-rank < k, else 0. Every later checkpoint is compared with the first one on NDCG@k: the mean per-user difference,
-a 95% percentile bootstrap interval over users, and the two-sided paired t-test p-value. It prints a Markdown
-table. The result says nothing about seed-to-seed variation of training.
+RecBole's full ranking; with ``--exclude_history`` without the user's input items), then scores each user:
+NDCG@k = 1/log2(rank+2), Hit@k = 1 and MRR@k = 1/(rank+1) when rank < k, else 0. Every later checkpoint is
+compared with the first one on NDCG@k: the mean per-user difference, a 95% percentile bootstrap interval over users,
+and the two-sided paired t-test p-value. It prints a Markdown table. The result says nothing about seed-to-seed
+variation of training.
 
 A comma-separated group of checkpoints (one model trained with several seeds) counts as one model whose per-user
 metrics are the means over its checkpoints: the test then asks whether the gap between the seed-averaged models
@@ -66,7 +67,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--k", type=int, default=10, help="cut-off of the per-user metrics (default 10)")
     parser.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    parser.add_argument(
+        "--exclude_history",
+        action="store_true",
+        help="rank without each user's input items (eval_exclude_history), as published ML-1M figures do",
+    )
     args = parser.parse_args(argv)
+    evaluation = {"eval_exclude_history": True} if args.exclude_history else None
 
     from recbole_elastic.errors import ElasticError
     from recbole_elastic.evaluate import held_out_ranks, read_checkpoint_config
@@ -75,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     groups = [group.split(",") for group in args.checkpoints]
     try:
         names = [read_checkpoint_config(group[0])["model"] for group in groups]
-        ranks_per_group = [[held_out_ranks(path) for path in group] for group in groups]
+        ranks_per_group = [[held_out_ranks(path, evaluation) for path in group] for group in groups]
     except ElasticError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -94,7 +101,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ]
 
     key = f"ndcg@{args.k}"
-    print(f"\n{len(users)} test users; differences are per-user {key}, later model minus {names[0]}.\n")
+    ranking = "without each user's input items" if args.exclude_history else "over every item"
+    print(
+        f"\n{len(users)} test users, ranked {ranking}; differences are per-user {key}, later model minus {names[0]}.\n"
+    )
     print(
         f"| model | checkpoint | {key} | hit@{args.k} | mrr@{args.k} | difference | 95% bootstrap interval | "
         "paired t-test p |"

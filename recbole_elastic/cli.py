@@ -6,6 +6,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+import yaml
+
 from recbole_elastic import compat
 from recbole_elastic.config import check_config_keys, load_config_files, protocol_file, run_settings
 from recbole_elastic.distributed import run_distributed
@@ -114,7 +116,7 @@ def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
     if args.recommend:
         return recommend_main(args, overrides)
     if args.eval_only:
-        return evaluate_main(args)
+        return evaluate_main(args, overrides)
     models = [name.strip() for name in args.model.split(",") if name.strip()]
     try:
         seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
@@ -160,11 +162,11 @@ def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
     return 0
 
 
-def evaluate_main(args: argparse.Namespace) -> int:
+def evaluate_main(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
     if not args.checkpoint:
         raise ConfigError("--eval_only needs --checkpoint=PATH (a .pth file saved by a training run)")
-
-    result = evaluate_checkpoint(args.checkpoint)
+    evaluation = {key: yaml.safe_load(value) for key, value in overrides.items() if key != "verbose_console"}
+    result = evaluate_checkpoint(args.checkpoint, evaluation)
     print(f"\n{result['model']} on {result['dataset']}, {result['model_file']}")
     print(f"test: {format_metrics(result['test_result'])}")
     return 0

@@ -96,14 +96,20 @@ def build_data_and_model(config) -> Tuple[Any, Any, Any, Any, torch.nn.Module]:
     return dataset, train_data, valid_data, test_data, model
 
 
-def load_data_and_model(model_file: str) -> Tuple[Any, torch.nn.Module, Any, Any, Any, Any]:
+def load_data_and_model(
+    model_file: str, config_overrides: Optional[Dict[str, Any]] = None
+) -> Tuple[Any, torch.nn.Module, Any, Any, Any, Any]:
     """Load a checkpoint saved by RecBole's trainer (plugin or built-in model) with its data.
 
     Returns ``(config, model, dataset, train_data, valid_data, test_data)``, as RecBole's function of the same
-    name, but works for plugin models, on torch >= 2.6, and without importing ray.
+    name, but works for plugin models, on torch >= 2.6, and without importing ray. ``config_overrides`` replace
+    settings of the saved config (e.g. how to evaluate); the caller keeps them to ones that leave the data split
+    and the model as trained.
     """
     checkpoint = load_checkpoint(model_file, map_location="cpu")
     config = checkpoint["config"]
+    for key, value in (config_overrides or {}).items():
+        config[key] = value
     if not torch.cuda.is_available():
         config["device"] = torch.device("cpu")
     # A checkpoint written by a distributed run (by its rank 0) is read here by one process.

@@ -26,12 +26,15 @@
   :class:`SparseAwareTrainer` RecBole's ``ELASTICTrainer``, so RecBole's own ``run_recbole`` trains it too.
 * Both follow the learning-rate warmup and decay of ``warmup_steps`` and ``lr_schedule`` when set
   (:class:`LearningRateScheduleMixin`, :mod:`recbole_elastic.schedule`); by default RecBole's constant rate.
+* Both leave each user's input items out of full-ranking evaluation when ``eval_exclude_history`` is set
+  (:class:`HistoryExclusionMixin`); by default they rank every item, as RecBole does for sequential models.
 
 Models whose RecBole trainer is not ``Trainer`` itself (S3Rec's pre-training trainer, knowledge-aware models'
 trainers) get the same behaviour through the same mixins on top of their own trainer class.
 """
 
 import functools
+import math
 import os
 import time
 from logging import getLogger
@@ -42,11 +45,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from recbole.trainer import Trainer
-from recbole.utils import get_local_time, set_color
+from recbole.utils import ModelType, get_local_time, set_color
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_elastic.atomic import atomic_path, claim_new_file
 from recbole_elastic.compat import load_checkpoint
+from recbole_elastic.errors import ConfigError
 from recbole_elastic.memory_guard import check_output_memory
 from recbole_elastic.optim import build_optimizer, prepare_sparse_gradients_for_ddp
 from recbole_elastic.optim import sync_grad_loss as sparse_aware_sync_grad_loss
@@ -109,6 +113,33 @@ class LearningRateScheduleMixin:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+class HistoryExclusionMixin:
+    """``eval_exclude_history``: full-ranking evaluation leaves out the items of each sample's input sequence.
+
+    RecBole excludes a general model's training items from its ranking but ranks every item for a sequential model.
+    Published sequential results often exclude the history (generative-recommenders masks the items of the
+    model's input, its last ``MAX_ITEM_LIST_LENGTH`` items; SASRec's paper samples negatives among unseen items),
+    so their figures are comparable only under the same rule. A held-out item that also occurs in its input
+    sequence is excluded too, and so counts as a miss, as in those evaluations.
+    """
+
+    def __init__(self, config, model) -> None:
+        self.exclude_history = bool(config["eval_exclude_history"]) if "eval_exclude_history" in config else False
+        if self.exclude_history and config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+            raise ConfigError(
+                f"eval_exclude_history is for sequential models; {config['model']} is not one (RecBole already "
+                "leaves a general model's training items out of its ranking). Remove eval_exclude_history."
+            )
+        super().__init__(config, model)
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if self.exclude_history:
+            history = interaction[self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"]]  # [B, N], 0 pads
+            scores.scatter_(1, history.to(scores.device), -math.inf)  # padding, item 0, is excluded already
+        return interaction, scores, positive_u, positive_i
 
 
 class RecordingMixin:
@@ -289,9 +320,12 @@ class DistributedMixin:
         }
 
 
-class SparseAwareTrainer(LearningRateScheduleMixin, OutputMemoryGuardMixin, SparseOptimizerMixin, Trainer):
-    """RecBole's ``Trainer`` for models with row-sparse gradient tables, with the output-memory check and the
-    learning-rate schedule (RecBole's ``<Model>Trainer`` for the plugin's models after ``register()``)."""
+class SparseAwareTrainer(
+    HistoryExclusionMixin, LearningRateScheduleMixin, OutputMemoryGuardMixin, SparseOptimizerMixin, Trainer
+):
+    """RecBole's ``Trainer`` for models with row-sparse gradient tables, with the output-memory check, the
+    learning-rate schedule and ``eval_exclude_history`` (RecBole's ``<Model>Trainer`` for the plugin's models after
+    ``register()``)."""
 
 
 class ElasticTrainer(RecordingMixin, SparseAwareTrainer):
@@ -312,7 +346,13 @@ def get_trainer(config) -> Type:
 def _trainer_class(base: Type, distributed: bool) -> Type:
     if base in (Trainer, SparseAwareTrainer):
         return DistributedElasticTrainer if distributed else ElasticTrainer
-    mixins = (RecordingMixin, LearningRateScheduleMixin, OutputMemoryGuardMixin, SparseOptimizerMixin)
+    mixins = (
+        RecordingMixin,
+        HistoryExclusionMixin,
+        LearningRateScheduleMixin,
+        OutputMemoryGuardMixin,
+        SparseOptimizerMixin,
+    )
     mixins = (DistributedMixin, *mixins) if distributed else mixins
     prefix = "DistributedRecording" if distributed else "Recording"
     return type(f"{prefix}{base.__name__}", (*mixins, base), {})

@@ -12,7 +12,7 @@ import sys
 import pytest
 from scipy import stats
 
-from recbole_elastic.evaluate import held_out_ranks
+from recbole_elastic.evaluate import evaluate_checkpoint, held_out_ranks
 from recbole_elastic.quick_start import run
 
 from tests.helpers import REPO_ROOT, tiny_run_config
@@ -102,6 +102,20 @@ def test_paired_users_reproduces_each_models_test_metrics(tiny_data, capsys):
     differences = [ndcg_at_10(sasrec_ranks[u]) - ndcg_at_10(elastic_ranks[u]) for u in elastic_ranks]
     t = statistics.fmean(differences) / (statistics.stdev(differences) / math.sqrt(len(differences)))
     assert float(cells[7]) == pytest.approx(2 * stats.t.sf(abs(t), len(differences) - 1), abs=5e-4)
+
+
+def test_paired_users_ranks_without_the_input_items_when_asked(tiny_data, capsys):
+    first = run("CausalSASRec", "tiny", config_dict=tiny_run_config(tiny_data))
+    second = run("CausalSASRec", "tiny", config_dict=tiny_run_config(tiny_data, seed=8))
+    paired_users = load_benchmark("paired_users")
+    checkpoints = [first["model_file"], second["model_file"], "--bootstrap", "200"]
+    assert paired_users.main([*checkpoints, "--exclude_history"]) == 0
+    out = capsys.readouterr().out
+    assert "ranked without each user's input items" in out
+    cells = [cell.strip() for cell in out.splitlines()[-1].strip("|").split("|")]
+    excluded = evaluate_checkpoint(second["model_file"], {"eval_exclude_history": True})["test_result"]
+    assert abs(float(cells[2]) - excluded["ndcg@10"]) <= 1.5e-4
+    assert excluded["ndcg@10"] != second["test_result"]["ndcg@10"], "excluding the inputs changed nothing"
 
 
 def ndcg_at_10(rank: int) -> float:
