@@ -15,11 +15,12 @@
 The graph is torch's own exporter's (``torch.onnx.export(dynamo=True)``, opset :data:`ONNX_OPSET`) run on the
 model itself, with these export-only changes, each computing the same function:
 
-* CausalELASTIC's eval ``forward`` splits the batch into groups of rows (a Python loop whose count depends on the
-  batch size, which the exporter would fix to the example's); :class:`UserTower` calls the function each group
-  runs, ``ELASTIC.forward`` through the causal blocks, on the whole batch: rows are independent in eval mode.
-  The ONNX graph therefore holds the whole batch's ``[B, N, k, H]`` interest states at once: bound its memory
-  with the batch size.
+* The causal models' eval ``forward`` sorts the batch by history length and encodes it in groups of rows, each
+  cut to its longest history (a Python loop whose count and shapes depend on the lengths, which the exporter would
+  fix to the example's); :class:`UserTower` calls the function each group runs, ``last_position_output``, on the
+  whole batch at N: rows are independent in eval mode. The ONNX graph therefore encodes every row at N and, for
+  CausalELASTIC, holds the whole batch's ``[B, N, k, H]`` interest states at once: bound its memory with the
+  batch size.
 * ``torch.cummax`` (CausalELASTIC's running max inside a chunk of ``causal_chunk_size`` positions) has no ONNX
   translation; it is decomposed into a max over the causal ``[chunk, chunk]`` mask (:func:`cummax_by_masked_max`),
   which gives the same values and indices.
@@ -51,7 +52,7 @@ from torch.overrides import TorchFunctionMode
 from recbole_elastic.atomic import atomic_path, atomic_write
 from recbole_elastic.errors import ConfigError, ElasticError, MissingDependencyError
 from recbole_elastic.model.abstract import DotProductSequentialRecommender
-from recbole_elastic.model.causal_elastic import CausalELASTIC
+from recbole_elastic.model.all_positions import AllPositionsMixin
 
 ONNX_OPSET = 18  # the lowest opset torch's exporter targets; onnxruntime >= 1.14 runs it
 USER_TOWER_FILE = "user_tower.onnx"
@@ -65,17 +66,17 @@ EXTERNAL_DATA_BYTES = 2**31 - 2**27  # protobuf caps one file at 2 GiB: larger w
 
 class UserTower(nn.Module):
     """A sequential model's ``forward(item_seq, item_seq_len)`` in eval mode, as one graph the exporter can trace
-    for any batch size (see the module docstring for CausalELASTIC)."""
+    for any batch size (see the module docstring for the causal models)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        # Only CausalELASTIC's own forward is replaced by what it computes per group; a subclass that overrides
-        # forward is exported as written.
-        if type(self.model).forward is CausalELASTIC.forward:
-            output = super(CausalELASTIC, self.model).forward(item_seq, item_seq_len)
+        # Only the causal models' grouped forward is replaced by what it computes per group; a subclass that
+        # overrides forward is exported as written.
+        if type(self.model).forward is AllPositionsMixin.forward:
+            output = self.model.last_position_output(item_seq, item_seq_len)
         else:
             output = self.model(item_seq, item_seq_len)
         return user_vectors(self.model, output)

@@ -42,7 +42,8 @@ it matters; the rest of ELASTIC's docstring holds):
   and query): a mask per (position, key) pair would be an N x N tensor.
 * Readout (``forward``): the last block computes position ``item_seq_len - 1`` only, equal to
   ``forward_all_positions`` there. In eval mode it encodes at most ``inference_chunk_positions`` positions
-  (users x N) at a time, since each position holds k interest states per block (same scores, bounded memory).
+  at a time, users grouped by history length (``all_positions.length_groups``), since each position holds k
+  interest states per block (same scores, bounded memory).
   Positions beyond ``MAX_ITEM_LIST_LENGTH`` (sequences longer than the position table, streaming) reuse the last
   position embedding.
 
@@ -99,7 +100,6 @@ def check_hyperparameters(config) -> None:
     checker.require("causal_chunk_size", checker.is_int("causal_chunk_size", 1), "an integer >= 1")
     checker.require_bool("causal_interest_ffn")
     checker.require_bool("causal_recency_bias")
-    checker.require("inference_chunk_positions", checker.is_int("inference_chunk_positions", 1), "an integer >= 1")
     check_causal_query_norm(checker, config)
 
 
@@ -138,7 +138,6 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
     def __init__(self, config, dataset):
         check_hyperparameters(config)
         super(CausalELASTIC, self).__init__(config, dataset)
-        self.inference_chunk_positions = config["inference_chunk_positions"]
 
     def memory_query_norm(self, config) -> str:
         return causal_query_norm(config)
@@ -164,16 +163,9 @@ class CausalELASTIC(AllPositionsMixin, ELASTIC):
         tokens[sequence_mask] = self.interest_memory(summaries[sequence_mask])[0]
         return tokens
 
-    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        """ELASTIC's ``forward`` through the causal blocks. Every position keeps k interest states, ``[B, N, k, H]``
-        per block, so in eval mode (rows independent: no dropout) the batch goes
-        through in groups of at most ``inference_chunk_positions`` positions (``B * N``): full-sort evaluation at
-        RecBole's default ``eval_batch_size`` and a long N then fits in memory, with the same scores."""
-        if self.training:
-            return super().forward(item_seq, item_seq_len)
-        rows = max(1, self.inference_chunk_positions // item_seq.size(1))
-        chunks = zip(item_seq.split(rows), item_seq_len.split(rows))
-        return torch.cat([super(CausalELASTIC, self).forward(seq, seq_len) for seq, seq_len in chunks])  # [B H]
+    def last_position_output(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """ELASTIC's ``forward`` through the causal blocks: the last block computes ``item_seq_len - 1`` only."""
+        return ELASTIC.forward(self, item_seq, item_seq_len)  # [B H]
 
     def forward_all_positions(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         sequence, sequence_mask = self.embed_sequence(item_seq)

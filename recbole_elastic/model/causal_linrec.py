@@ -43,6 +43,3 @@ class CausalLinRec(AllPositionsMixin, LinRec):
 
     def forward_all_positions(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         return self.trm_encoder(self.embed_input(item_seq), item_seq != 0)  # [B N H]
-
-    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        return self.gather_indexes(self.forward_all_positions(item_seq, item_seq_len), item_seq_len - 1)  # [B H]

@@ -63,6 +63,3 @@ class CausalSASRec(AllPositionsMixin, DotProductSequentialRecommender):
         extended_attention_mask = self.get_attention_mask(item_seq)  # left-to-right, padding masked
         trm_output = self.trm_encoder(input_emb, extended_attention_mask, output_all_encoded_layers=True)
         return trm_output[-1]  # [B N H]
-
-    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        return self.gather_indexes(self.forward_all_positions(item_seq, item_seq_len), item_seq_len - 1)  # [B H]

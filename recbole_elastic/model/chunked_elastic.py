@@ -133,9 +133,6 @@ class ChunkedELASTIC(AllPositionsMixin, ELASTIC):
             sequence, interests = block(sequence, interests, sequence_mask)
         return sequence[:, :length]  # [B N H]
 
-    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        return self.gather_indexes(self.forward_all_positions(item_seq, item_seq_len), item_seq_len - 1)  # [B H]
-
     # Streaming: fold a user's events into a fixed-size state, one at a time (inference).
 
     def boundary_interests(self, summary: torch.Tensor, running: List[RunningSoftmax]) -> List[torch.Tensor]:

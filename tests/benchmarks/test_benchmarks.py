@@ -193,3 +193,22 @@ def test_batch_packing_counts_the_same_steps_and_targets_at_every_length(tiny_da
     assert abs(mean_targets[5, "targets"] - mean_targets[10, "targets"]) <= 1  # ... of the same targets
     assert steps[5, "slots"] > steps[10, "targets"]  # slots: 12 windows of 5 hold fewer real targets than 64
     assert mean_targets[5, "slots"] <= 64 and mean_targets[10, "slots"] <= 60  # 12 x 5 and 6 x 10 slots
+
+
+def test_eval_time_scores_the_same_and_counts_each_groups_longest_history(tiny_data, tmp_path):
+    import benchmarks.eval_time as eval_time
+
+    # One batch of every user at N = 20: padded, 20 positions each; grouped (one group), the longest validation
+    # history, all of a user's items but the last two (the tiny dataset's histories are 6 to 14 items).
+    with open(os.path.join(tiny_data, "tiny", "tiny.inter"), encoding="utf-8") as f:
+        users = [line.split("\t")[0] for line in f.read().splitlines()[1:]]
+    counts = {user: users.count(user) for user in set(users)}
+    argv = ["--dataset", "tiny", "--data-path", tiny_data, "--lengths", "20", "--models", "ChunkedELASTIC,CausalSASRec"]
+    argv += ["--batches", "1", "--eval-batch-size", "64", "--out", str(tmp_path / "out")]
+    assert eval_time.main(argv) == 0
+    points = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [p["model"] for p in points] == ["ChunkedELASTIC", "CausalSASRec"]
+    for point in points:
+        assert point["users"] == len(counts)
+        assert point["positions"] == {"padded": 20 * len(counts), "grouped": (max(counts.values()) - 2) * len(counts)}
+        assert point["largest_score_difference"] < 1e-5

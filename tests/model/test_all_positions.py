@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from recbole.data.interaction import Interaction
 
 from recbole_elastic.model import CausalELASTIC, CausalLinRec, CausalSASRec, ChunkedELASTIC
+from recbole_elastic.model.all_positions import DEFAULT_INFERENCE_CHUNK_POSITIONS
 from recbole_elastic.standalone import build_standalone_model
 from recbole_elastic.utils import get_model
 from recbole_elastic.windows import cut_to_longest
@@ -80,6 +81,53 @@ def test_a_batch_cut_to_its_longest_window_has_the_same_loss(model_class):
         assert torch.allclose(model.calculate_loss(cut), model.calculate_loss(batch))
 
 
+# Lengths out of order, with ties, 1 and the full width: groups must sort them and put the outputs back.
+EVAL_LENGTHS = [3, 10, 1, 7, 10, 2, 5]
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_MODELS)
+@pytest.mark.parametrize("chunk_positions", [1, 12, 25, 10_000])
+def test_evaluation_grouped_by_length_gives_the_one_pass_outputs(model_class, chunk_positions):
+    # 1: one user per group; 12: groups of 1, 1, 1, 2 and 2 users; 25: 2, 3 and 2; 10,000: one group cut to 10.
+    torch.manual_seed(0)
+    model = build_model(model_class, max_len=WIDTH, inference_chunk_positions=chunk_positions).double().eval()
+    item_seq = torch.randint(1, 30, (len(EVAL_LENGTHS), WIDTH), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor(EVAL_LENGTHS)
+    item_seq[torch.arange(WIDTH).unsqueeze(0) >= lengths.unsqueeze(1)] = 0
+    with torch.no_grad():
+        one_pass = model.forward_all_positions(item_seq, lengths)[torch.arange(len(EVAL_LENGTHS)), lengths - 1]
+        assert torch.allclose(model.forward(item_seq, lengths), one_pass)
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_MODELS)
+def test_evaluation_encodes_each_length_group_cut_to_its_longest_history(model_class):
+    # Sorted: 10, 10 | 7, 5, 3 | 2, 1 at 21 positions a group (2 x 10, 3 x 7, then what is left at 2);
+    # training encodes the batch as given.
+    model = build_model(model_class, max_len=WIDTH, inference_chunk_positions=21)
+    encoded = []
+    one_group = model.last_position_output
+
+    def record(item_seq, item_seq_len):
+        encoded.append((tuple(item_seq.shape), sorted(item_seq_len.tolist(), reverse=True)))
+        return one_group(item_seq, item_seq_len)
+
+    model.last_position_output = record
+    item_seq = torch.randint(1, 30, (len(EVAL_LENGTHS), WIDTH), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor(EVAL_LENGTHS)
+    with torch.no_grad():
+        model.eval().forward(item_seq, lengths)
+        assert encoded == [((2, 10), [10, 10]), ((3, 7), [7, 5, 3]), ((2, 2), [2, 1])]
+        encoded.clear()
+        model.train().forward(item_seq, lengths)
+        assert encoded == [((7, 10), sorted(EVAL_LENGTHS, reverse=True))]
+
+
+def test_a_config_without_inference_chunk_positions_gets_the_default():
+    # A checkpoint saved before the key applied to every causal model holds no value for it.
+    model = build_model(ChunkedELASTIC, max_len=WIDTH, inference_chunk_positions=None)
+    assert model.inference_chunk_positions == DEFAULT_INFERENCE_CHUNK_POSITIONS
+
+
 @pytest.mark.parametrize("model_class", CAUSAL_MODELS)
 def test_padding_targets_change_nothing(model_class):
     torch.manual_seed(0)
@@ -138,6 +186,14 @@ def test_causal_sasrec_with_sasrec_weights_is_recbole_sasrec(overrides, training
 )
 def test_bad_hyperparameter_names_causal_sasrec_and_the_key(key, value, allowed):
     assert_rejects_hyperparameter(CausalSASRec, {key: value}, key, allowed)
+
+
+@pytest.mark.parametrize("model_class", CAUSAL_MODELS)
+@pytest.mark.parametrize("value", [0, 2.5, True])
+def test_bad_inference_chunk_positions_names_the_model_and_the_key(model_class, value):
+    assert_rejects_hyperparameter(
+        model_class, {"inference_chunk_positions": value}, "inference_chunk_positions", "an integer >= 1"
+    )
 
 
 STREAMED = [[3, 5, 7, 1, 9], [11, 4, 4, 9, 21]]
