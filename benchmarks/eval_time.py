@@ -45,8 +45,7 @@ def grouped_positions(model, item_seq_len) -> int:
     """The positions the grouped forward encodes: each group's rows times its longest history."""
     from recbole_elastic.model.all_positions import length_groups
 
-    groups = length_groups(item_seq_len, model.inference_chunk_positions)
-    return sum(len(rows) * max(1, int(item_seq_len[rows[0]])) for rows in groups)
+    return sum(len(rows) * longest for rows, longest in length_groups(item_seq_len, model.inference_chunk_positions))
 
 
 def measure(model_name: str, length: int, args: argparse.Namespace) -> Dict[str, Any]:

@@ -38,15 +38,16 @@ def inference_chunk_positions(config, model_name: str) -> int:
     return config["inference_chunk_positions"]
 
 
-def length_groups(item_seq_len: torch.Tensor, max_positions: int) -> List[torch.Tensor]:
+def length_groups(item_seq_len: torch.Tensor, max_positions: int) -> List[Tuple[torch.Tensor, int]]:
     """The rows of a batch in groups for evaluation, longest histories first: each group holds as many rows as fit
-    in ``max_positions`` positions at its longest length (its first row), at least one. Returns row indices."""
+    in ``max_positions`` positions at its longest length (its first row), at least one. Returns each group's row
+    indices and the length it is cut to (its longest history, at least 1)."""
     order = item_seq_len.argsort(descending=True, stable=True)
-    lengths = item_seq_len[order].clamp(min=1).tolist()
+    lengths = item_seq_len[order].clamp(min=1).tolist()  # one host copy for the whole batch
     groups, start = [], 0
     while start < len(lengths):
         rows = max(1, max_positions // lengths[start])
-        groups.append(order[start : start + rows])
+        groups.append((order[start : start + rows], lengths[start]))
         start += rows
     return groups
 
@@ -83,12 +84,9 @@ class AllPositionsMixin:
         if self.training:  # one pass: dropout masks and any batch statistics see the batch as given
             return self.last_position_output(item_seq, item_seq_len)
         groups = length_groups(item_seq_len, self.inference_chunk_positions)
-        outputs = []
-        for rows in groups:
-            longest = max(1, int(item_seq_len[rows[0]]))
-            outputs.append(self.last_position_output(item_seq[rows, :longest], item_seq_len[rows]))  # [b H]
+        outputs = [self.last_position_output(item_seq[rows, :longest], item_seq_len[rows]) for rows, longest in groups]
         output = torch.cat(outputs)  # [B H], rows in group order
-        return output[torch.cat(groups).argsort()]  # back in the batch's order
+        return output[torch.cat([rows for rows, _ in groups]).argsort()]  # back in the batch's order
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         if self.TARGET_SEQ not in interaction:
