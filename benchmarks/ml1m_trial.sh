@@ -5,6 +5,8 @@
 # benchmarks/paired_users.py compares them). EPOCHS (default 4, the CPU budget), SEEDS (default 2020) and DATA_PATH
 # can be set from the environment. Every run recorded before train_batch_counts existed tiled its windows and
 # batched 2048 // N of them: add --train_window_stride=200 --train_batch_counts=slots to repeat one of them.
+# To resume a trial stopped before its results were written, repeat its command (same SEEDS) with --checkpoint=PATH
+# added: the results go to its folder and name the epoch it resumed at (a folder that has results is refused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name="$1"; model="$2"; shift 2

@@ -15,8 +15,11 @@ from recbole_elastic.errors import ConfigError, ElasticError
 from recbole_elastic.evaluate import evaluate_checkpoint, read_checkpoint_config
 from recbole_elastic.export import export_checkpoint
 from recbole_elastic.recommendations import recommend_to_file
-from recbole_elastic.sweep import run_sweep, to_markdown
+from recbole_elastic.sweep import run_sweep, summarise, sweep_result, to_markdown, write_results
 from recbole_elastic.utils import get_model
+
+DEFAULT_MODEL = "ELASTIC"
+DEFAULT_DATASET = "ml-100k"  # ships inside RecBole's wheel: runs with no network
 
 
 def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
@@ -26,8 +29,11 @@ def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
         description="Train and evaluate ELASTIC (or any RecBole model) with RecBole's pipeline. "
         "Any other --key=value is passed to RecBole's Config, e.g. --epochs=300 --learning_rate=0.001.",
     )
-    parser.add_argument("--model", "-m", default="ELASTIC", help="model name: ELASTIC or any RecBole model")
-    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (ml-100k ships with RecBole)")
+    # No argparse defaults for these two: --checkpoint must tell a name the user gave from the default.
+    parser.add_argument("--model", "-m", default=None, help="model name: ELASTIC (default) or any RecBole model")
+    parser.add_argument(
+        "--dataset", "-d", default=None, help="dataset name (default ml-100k, which ships with RecBole)"
+    )
     parser.add_argument("--config_files", default=None, help="config files, separated by spaces")
     parser.add_argument(
         "--protocol",
@@ -39,14 +45,20 @@ def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, Dict[str, Any]]:
         "--seeds", default=None, help="comma-separated seeds; with several models or seeds the run is a sweep"
     )
     parser.add_argument(
-        "--output_dir", default=None, help="where a sweep writes results.{csv,json,md} (default results/sweep-...)"
+        "--output_dir",
+        default=None,
+        help="where a sweep, or a resumed run, writes results.{csv,json,md} (sweep default results/sweep-...)",
     )
     parser.add_argument("--nproc", type=int, default=1, help="training processes on this machine (DDP)")
     parser.add_argument("--world_size", type=int, default=-1, help="processes on all machines (default: nproc)")
     parser.add_argument("--ip", default="localhost", help="address of the machine holding global rank 0")
     parser.add_argument("--port", default="5678", help="free port on that machine for the rendezvous")
     parser.add_argument("--group_offset", type=int, default=0, help="processes on the machines before this one")
-    parser.add_argument("--checkpoint", default=None, help="a saved .pth: resume training from it")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a saved .pth: resume training from it (a sweep's command with one model and seed resumes that run)",
+    )
     parser.add_argument(
         "--eval_only", action="store_true", help="with --checkpoint: only evaluate the saved model on the test split"
     )
@@ -117,23 +129,71 @@ def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
         return recommend_main(args, overrides)
     if args.eval_only:
         return evaluate_main(args, overrides)
-    models = [name.strip() for name in args.model.split(",") if name.strip()]
+    models = [name.strip() for name in (args.model or DEFAULT_MODEL).split(",") if name.strip()]
     try:
         seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
     except ValueError:
         raise ConfigError(f"--seeds takes comma-separated integers, got '{args.seeds}'") from None
-    if len(models) > 1 or seeds:
-        return sweep_main(models, args.dataset, seeds, args.output_dir, file_settings, overrides)
-
-    model, dataset = models[0], args.dataset
     if args.checkpoint:
-        # Resume with the checkpoint's own model, dataset and settings; the command line may still change some.
-        saved = read_checkpoint_config(args.checkpoint)
-        model, dataset = saved["model"], saved["dataset"]
-        config_dict = run_settings(model, file_settings, overrides, resumed_config=saved)
-    else:
-        config_dict = run_settings(model, file_settings, overrides, quick_start_budget=True)
-    result = run_distributed(
+        return resume_main(args, models, seeds, file_settings, overrides)
+    dataset = args.dataset or DEFAULT_DATASET
+    if len(models) > 1 or seeds:
+        return sweep_main(models, dataset, seeds, args.output_dir, file_settings, overrides)
+    config_dict = run_settings(models[0], file_settings, overrides, quick_start_budget=True)
+    result = train(args, models[0], dataset, config_dict)
+    if result is not None:
+        print_run(result)
+    return 0
+
+
+def resume_main(
+    args: argparse.Namespace,
+    models: List[str],
+    seeds: Optional[List[int]],
+    file_settings: Dict[str, Any],
+    overrides: Dict[str, Any],
+) -> int:
+    """Resume the checkpoint's run with its model, dataset and settings (the command line may change some).
+
+    The command of the run being resumed may be repeated with ``--checkpoint`` added: ``--model``, ``--dataset`` and
+    one ``--seeds`` value must then name the checkpoint's own, and ``--output_dir`` gets that run's results files,
+    as the sweep would have written them.
+    """
+    saved = read_checkpoint_config(args.checkpoint)
+    model, dataset, seed = saved["model"], saved["dataset"], saved["seed"]
+    given = {
+        "--model": (",".join(models) if args.model else model, model),
+        "--dataset": (args.dataset or dataset, dataset),
+        "--seeds": (args.seeds if seeds else str(seed), str(seed)),
+    }
+    for option, (value, own) in given.items():
+        if value != own:
+            raise ConfigError(
+                f"--checkpoint resumes one run: {model} on {dataset}, seed {seed}; {option}={value} names another. "
+                f"Remove {option} or make it {own}."
+            )
+    if args.output_dir and os.path.exists(os.path.join(args.output_dir, "results.json")):
+        raise ConfigError(
+            f"--output_dir={args.output_dir} already holds results; give a new folder for the resumed run."
+        )
+    config_dict = run_settings(model, file_settings, overrides, resumed_config=saved)
+    started = time.perf_counter()
+    result = train(args, model, dataset, config_dict)
+    if result is None:
+        return 0
+    print_run(result, resumed_from=args.checkpoint)
+    if args.output_dir:
+        rows = [summarise(model, [{"seed": seed, **result}], None)]
+        results = sweep_result(dataset, [seed], rows, time.perf_counter() - started)
+        results["resumed_from"] = {"checkpoint": args.checkpoint, "first_epoch": result["first_epoch"]}
+        write_results(results, args.output_dir)
+        print(f"results written to {args.output_dir}/results.{{md,csv,json}}")
+    return 0
+
+
+def train(args: argparse.Namespace, model: str, dataset: str, config_dict: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """One training run (DDP when asked); None on a machine without global rank 0 (rank 0's machine reports)."""
+    return run_distributed(
         model,
         dataset,
         config_dict=config_dict,
@@ -144,13 +204,14 @@ def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
         group_offset=args.group_offset,
         checkpoint=args.checkpoint,
     )
-    if result is None:  # a machine without global rank 0: rank 0's machine reports
-        return 0
+
+
+def print_run(result: Dict[str, Any], resumed_from: Optional[str] = None) -> None:
     epochs = f"{result['epochs']} epochs"
-    if args.checkpoint:
+    if resumed_from:
         first, count = result["first_epoch"], result["epochs"]
         epochs += f" ({first}..{first + count - 1})" if count else " (the checkpoint had reached --epochs)"
-        epochs += f" after resuming from {args.checkpoint}"
+        epochs += f" after resuming from {resumed_from}"
     print(f"\n{result['model']} on {result['dataset']} ({epochs}, {result['params']} parameters, {result['device']})")
     if result["best_valid_result"]:
         best = format_metrics(result["best_valid_result"])
@@ -159,7 +220,6 @@ def dispatch(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:
         print("best valid: none (no validation ran; the last epoch's model was tested)")
     print(f"test: {format_metrics(result['test_result'])}")
     print(f"checkpoint: {result['model_file']}")
-    return 0
 
 
 def evaluate_main(args: argparse.Namespace, overrides: Dict[str, Any]) -> int:

@@ -94,6 +94,13 @@ def run_sweep(
                 print(f"{model} seed {seed} failed ({error}); its other seeds are skipped", flush=True)
                 break
         rows.append(summarise(model, runs, error))
+    result = sweep_result(dataset, seeds, rows, time.perf_counter() - started)
+    write_results(result, output_dir)
+    return result
+
+
+def sweep_result(dataset: str, seeds: Sequence[int], rows: List[Dict[str, Any]], wall_seconds: float) -> Dict[str, Any]:
+    """The results of a sweep from its rows (:func:`summarise`), with each model's p-value against the first."""
     valid_metric = next((r["runs"][0]["valid_metric"].lower() for r in rows if r["status"] == "ok"), None)
     first = rows[0]
     for row in rows[1:]:
@@ -102,16 +109,14 @@ def run_sweep(
                 [r["test_result"][valid_metric] for r in first["runs"]],
                 [r["test_result"][valid_metric] for r in row["runs"]],
             )
-    result = {
+    return {
         "dataset": dataset,
-        "models": list(models),
+        "models": [row["model"] for row in rows],
         "seeds": list(seeds),
         "valid_metric": valid_metric,
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": wall_seconds,
         "rows": rows,
     }
-    write_results(result, output_dir)
-    return result
 
 
 def _table(result: Dict[str, Any]) -> List[List[str]]:
@@ -155,6 +160,12 @@ def to_markdown(result: Dict[str, Any]) -> str:
         f"\n{result['dataset']}, seeds {seeds}: test metrics as mean±std over seeds, * = best mean; "
         f"best valid = {result['valid_metric']} on validation; wall time {result['wall_seconds']:.0f} s.\n"
     )
+    resumed = result.get("resumed_from")
+    if resumed:
+        note += (
+            f"Resumed from {resumed['checkpoint']} at epoch {resumed['first_epoch']}: epochs and s/epoch count the "
+            f"epochs run since.\n"
+        )
     return "\n".join(lines) + "\n" + note
 
 

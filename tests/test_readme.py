@@ -12,7 +12,7 @@ from typing import List
 
 import pytest
 
-from recbole_elastic.cli import main, parse_args
+from recbole_elastic.cli import DEFAULT_MODEL, main, parse_args
 from recbole_elastic.compat import load_checkpoint
 from recbole_elastic.config import build_config, check_config_keys, plugin_yaml
 
@@ -74,7 +74,7 @@ def test_a_readme_command_runs_on_ml100k(args, tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     options, _ = parse_args(args)
-    models = options.model.split(",")
+    models = (options.model or DEFAULT_MODEL).split(",")
     if len(models) > 1:  # a sweep: a header per run, then one table row per model
         assert f"[1/{len(models)}] {models[0]} seed " in out
         assert all(f"| {model} |" in out for model in models) and "failed" not in out

@@ -1,11 +1,14 @@
 """The command line: one clear message (exit status 2) for a missing dataset or an unknown model; resume."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
 
-from recbole_elastic.cli import main
+import pytest
+
+from recbole_elastic.cli import format_metrics, main
 from recbole_elastic.quick_start import run
 
 from tests.helpers import REPO_ROOT, cli_args, run_cli_expecting_error, tiny_run_config
@@ -61,6 +64,53 @@ def test_resume_from_the_command_line(tiny_data, capsys):
     assert main([f"--checkpoint={first['model_file']}", "--epochs=2"]) == 0
     out = capsys.readouterr().out
     assert f"ELASTIC on tiny (1 epochs (1..1) after resuming from {first['model_file']}" in out
+
+
+def test_a_sweeps_command_with_a_checkpoint_resumes_that_run_into_its_output_dir(tiny_data, tmp_path, capsys):
+    # ml1m_trial.sh's pattern: the trial's own command (one model, one seed, --output_dir) plus --checkpoint.
+    command = ["--model=ELASTIC", "--seeds=7", *cli_args(tiny_data)]
+    assert main([*command, f"--output_dir={tmp_path / 'first'}"]) == 0
+    with open(tmp_path / "first" / "results.json", encoding="utf-8") as f:
+        first = json.load(f)["rows"][0]["runs"][0]
+    capsys.readouterr()
+    # A folder with results keeps them: refused before any training.
+    err = run_cli_expecting_error(
+        capsys, [*command, f"--output_dir={tmp_path / 'first'}", f"--checkpoint={first['model_file']}"]
+    )
+    assert f"--output_dir={tmp_path / 'first'} already holds results" in err
+    resumed_dir = tmp_path / "resumed"
+    assert main([*command, "--epochs=3", f"--output_dir={resumed_dir}", f"--checkpoint={first['model_file']}"]) == 0
+    out = capsys.readouterr().out
+    assert f"ELASTIC on tiny (2 epochs (1..2) after resuming from {first['model_file']}" in out
+    with open(resumed_dir / "results.json", encoding="utf-8") as f:
+        result = json.load(f)
+    assert result["resumed_from"] == {"checkpoint": first["model_file"], "first_epoch": 1}
+    assert result["seeds"] == [7] and result["models"] == ["ELASTIC"]
+    (run,) = result["rows"][0]["runs"]
+    assert run["seed"] == 7 and run["first_epoch"] == 1 and run["epochs"] == 2
+    assert run["model_file"] != first["model_file"]  # a resumed run writes its own checkpoint
+    assert f"checkpoint: {run['model_file']}" in out
+    # The file holds the printed run: the same test metrics, to the printed precision.
+    assert f"test: {format_metrics(run['test_result'])}" in out
+    assert result["rows"][0]["test"]["ndcg@10"]["mean"] == run["test_result"]["ndcg@10"]
+    with open(resumed_dir / "results.md", encoding="utf-8") as f:
+        assert f"Resumed from {first['model_file']} at epoch 1" in f.read()
+
+
+@pytest.mark.parametrize(
+    "option, value, own",
+    [
+        ("--seeds", "8", "7"),
+        ("--seeds", "7,8", "7"),
+        ("--model", "LinRec", "ELASTIC"),
+        ("--dataset", "ml-100k", "tiny"),
+    ],
+)
+def test_a_checkpoint_refuses_a_model_dataset_or_seed_that_is_not_its_own(tiny_data, capsys, option, value, own):
+    first = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, epochs=1))
+    err = run_cli_expecting_error(capsys, [f"--checkpoint={first['model_file']}", f"{option}={value}"])
+    assert f"--checkpoint resumes one run: ELASTIC on tiny, seed 7; {option}={value} names another" in err
+    assert f"Remove {option} or make it {own}." in err
 
 
 def test_a_one_epoch_run_prints_a_short_console_and_logs_everything(tiny_data):
