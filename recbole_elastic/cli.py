@@ -164,7 +164,7 @@ def resume_main(
     given = {
         "--model": (",".join(models) if args.model else model, model),
         "--dataset": (args.dataset or dataset, dataset),
-        "--seeds": (args.seeds if seeds else str(seed), str(seed)),
+        "--seeds": (",".join(map(str, seeds)) if seeds else str(seed), str(seed)),
     }
     for option, (value, own) in given.items():
         if value != own:
