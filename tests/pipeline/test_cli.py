@@ -68,7 +68,8 @@ def test_resume_from_the_command_line(tiny_data, capsys):
 
 def test_a_sweeps_command_with_a_checkpoint_resumes_that_run_into_its_output_dir(tiny_data, tmp_path, capsys):
     # ml1m_trial.sh's pattern: the trial's own command (one model, one seed, --output_dir) plus --checkpoint.
-    command = ["--model=ELASTIC", "--seeds=7", *cli_args(tiny_data)]
+    # --seeds=07 is seed 7: the check compares seeds as integers, not as the text typed.
+    command = ["--model=ELASTIC", "--seeds=07", *cli_args(tiny_data)]
     assert main([*command, f"--output_dir={tmp_path / 'first'}"]) == 0
     with open(tmp_path / "first" / "results.json", encoding="utf-8") as f:
         first = json.load(f)["rows"][0]["runs"][0]
