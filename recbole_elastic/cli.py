@@ -9,7 +9,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from recbole_elastic import compat
-from recbole_elastic.config import check_config_keys, load_config_files, protocol_file, run_settings
+from recbole_elastic.config import (
+    changed_on_resume,
+    check_config_keys,
+    load_config_files,
+    protocol_file,
+    run_settings,
+)
 from recbole_elastic.distributed import run_distributed
 from recbole_elastic.errors import ConfigError, ElasticError
 from recbole_elastic.evaluate import evaluate_checkpoint, read_checkpoint_config
@@ -157,7 +163,8 @@ def resume_main(
 
     The command of the run being resumed may be repeated with ``--checkpoint`` added: ``--model``, ``--dataset`` and
     one ``--seeds`` value must then name the checkpoint's own, and ``--output_dir`` gets that run's results files,
-    as the sweep would have written them.
+    as the sweep would have written them. Settings that differ from the checkpoint's are listed before training
+    (config files sit above the checkpoint's settings); a different ``seed`` is refused.
     """
     saved = read_checkpoint_config(args.checkpoint)
     model, dataset, seed = saved["model"], saved["dataset"], saved["seed"]
@@ -177,6 +184,18 @@ def resume_main(
             f"--output_dir={args.output_dir} already holds results; give a new folder for the resumed run."
         )
     config_dict = run_settings(model, file_settings, overrides, resumed_config=saved)
+    changed = changed_on_resume(saved, config_dict, overrides)
+    if "seed" in changed:  # the results would carry the checkpoint's seed
+        _, new_seed, source = changed["seed"]
+        raise ConfigError(
+            f"--checkpoint resumes one run: {model} on {dataset}, seed {seed}; seed: {new_seed} ({source}) names "
+            f"another. Remove it or make it {seed}."
+        )
+    if changed:  # a config file given again may undo a trial's command-line setting: say so before training
+        listed = "; ".join(
+            f"{key}: {old!r} -> {new!r} ({source})" for key, (old, new, source) in sorted(changed.items())
+        )
+        print(f"Resuming {model} with settings changed from the checkpoint's: {listed}")
     started = time.perf_counter()
     result = train(args, model, dataset, config_dict)
     if result is None:

@@ -296,6 +296,27 @@ def run_settings(
     }
 
 
+def changed_on_resume(resumed_config: Config, config_dict: Dict, command_line: Dict) -> Dict[str, tuple]:
+    """The settings a resumed run changes: ``{key: (checkpoint's value, new value, "command line" | "config files")}``.
+
+    ``config_dict`` is :func:`run_settings`' output for the resumed run; its values are compared as RecBole will
+    read them (``--learning_rate=0.002`` is the float 0.002). A key the checkpoint's run did not set is compared
+    with the value that run had from the model's and dataset's defaults.
+    """
+    given = getattr(resumed_config, "external_config_dict", {})
+    final = getattr(resumed_config, "final_config_dict", {})
+    # Config._convert_config_dict is RecBole's own string-to-value rule; it reads nothing from the instance.
+    new_values = resumed_config._convert_config_dict(dict(config_dict))
+    changed = {}
+    for key, value in new_values.items():
+        if key in DISTRIBUTED_KEYS:
+            continue
+        old = given[key] if key in given else final.get(key)
+        if old != value:
+            changed[key] = (old, value, "command line" if key in (command_line or {}) else "config files")
+    return changed
+
+
 def build_config(
     model: str = "ELASTIC",
     dataset: str = "ml-100k",

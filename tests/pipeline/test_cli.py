@@ -82,6 +82,8 @@ def test_a_sweeps_command_with_a_checkpoint_resumes_that_run_into_its_output_dir
     resumed_dir = tmp_path / "resumed"
     assert main([*command, "--epochs=3", f"--output_dir={resumed_dir}", f"--checkpoint={first['model_file']}"]) == 0
     out = capsys.readouterr().out
+    # The repeated settings (typed as text) are the checkpoint's own: only the new --epochs is listed.
+    assert "Resuming ELASTIC with settings changed from the checkpoint's: epochs: 1 -> 3 (command line)\n" in out
     assert f"ELASTIC on tiny (2 epochs (1..2) after resuming from {first['model_file']}" in out
     with open(resumed_dir / "results.json", encoding="utf-8") as f:
         result = json.load(f)
@@ -131,3 +133,19 @@ def test_a_one_epoch_run_prints_a_short_console_and_logs_everything(tiny_data):
 
     verbose = run_cli(*args, "--verbose", cwd=os.getcwd())
     assert verbose.returncode == 0 and "gpu_id" in verbose.stderr
+
+
+def test_a_resume_lists_the_settings_a_config_file_changes_and_refuses_another_seed(tiny_data, tmp_path, capsys):
+    # Config files sit above the checkpoint's settings: repeating a trial's config file without its command-line
+    # flags would quietly undo them, so the resume says what changed before it trains.
+    first = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, epochs=1, learning_rate=0.002))
+    config_file = tmp_path / "trial.yaml"
+    config_file.write_text("learning_rate: 0.001\ntrain_batch_size: 64\n")  # the batch size is the run's own
+    command = [f"--checkpoint={first['model_file']}", f"--config_files={config_file}", "--epochs=2"]
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    changed = "epochs: 1 -> 2 (command line); learning_rate: 0.002 -> 0.001 (config files)"
+    assert f"Resuming ELASTIC with settings changed from the checkpoint's: {changed}\n" in out
+    err = run_cli_expecting_error(capsys, [f"--checkpoint={first['model_file']}", "--seed=8"])
+    assert "--checkpoint resumes one run: ELASTIC on tiny, seed 7; seed: 8 (command line) names another." in err
+    assert "Remove it or make it 7." in err
