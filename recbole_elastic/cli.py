@@ -168,6 +168,13 @@ def resume_main(
     """
     saved = read_checkpoint_config(args.checkpoint)
     model, dataset, seed = saved["model"], saved["dataset"], saved["seed"]
+
+    def another_run(named: str, remove: str, own: Any) -> ConfigError:
+        return ConfigError(
+            f"--checkpoint resumes one run: {model} on {dataset}, seed {seed}; {named} names another. "
+            f"Remove {remove} or make it {own}."
+        )
+
     given = {
         "--model": (",".join(models) if args.model else model, model),
         "--dataset": (args.dataset or dataset, dataset),
@@ -175,10 +182,7 @@ def resume_main(
     }
     for option, (value, own) in given.items():
         if value != own:
-            raise ConfigError(
-                f"--checkpoint resumes one run: {model} on {dataset}, seed {seed}; {option}={value} names another. "
-                f"Remove {option} or make it {own}."
-            )
+            raise another_run(f"{option}={value}", option, own)
     if args.output_dir and os.path.exists(os.path.join(args.output_dir, "results.json")):
         raise ConfigError(
             f"--output_dir={args.output_dir} already holds results; give a new folder for the resumed run."
@@ -187,10 +191,7 @@ def resume_main(
     changed = changed_on_resume(saved, config_dict, overrides)
     if "seed" in changed:  # the results would carry the checkpoint's seed
         _, new_seed, source = changed["seed"]
-        raise ConfigError(
-            f"--checkpoint resumes one run: {model} on {dataset}, seed {seed}; seed: {new_seed} ({source}) names "
-            f"another. Remove it or make it {seed}."
-        )
+        raise another_run(f"seed: {new_seed} ({source})", "it", seed)
     if changed:  # a config file given again may undo a trial's command-line setting: say so before training
         listed = "; ".join(
             f"{key}: {old!r} -> {new!r} ({source})" for key, (old, new, source) in sorted(changed.items())
