@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One ml-1m accuracy run of issue 17's protocol (benchmarks/configs/ml-1m.yaml, N=200 unless a flag says otherwise).
 #   bash benchmarks/ml1m_trial.sh NAME MODEL [--key=value ...]
-# Results go to benchmarks/results/ml-1m-trials/NAME, the best checkpoint to $CHECKPOINT_DIR (outside the repository;
-# benchmarks/paired_users.py compares them). EPOCHS (default 4, the CPU budget), SEEDS (default 2020) and DATA_PATH
+# Results go to benchmarks/results/ml-1m-trials/NAME, with each test user's rank (test-ranks-MODEL-seedS.csv, which
+# benchmarks/paired_users.py compares), the best checkpoint to $CHECKPOINT_DIR (outside the repository). EPOCHS (default 4, the CPU budget), SEEDS (default 2020) and DATA_PATH
 # can be set from the environment. Every run recorded before train_batch_counts existed tiled its windows and
 # batched 2048 // N of them: add --train_window_stride=200 --train_batch_counts=slots to repeat one of them.
 # To resume a trial stopped before its results were written, repeat its command (same SEEDS) with --checkpoint=PATH

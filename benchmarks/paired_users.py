@@ -1,14 +1,17 @@
 """Is one saved model better than another on the same test users? A paired comparison over users.
 
-    python benchmarks/paired_users.py CHECKPOINT[,CHECKPOINT...] [CHECKPOINT[,...] ...] [--k 10] [--bootstrap 10000]
+    python benchmarks/paired_users.py RUN[,RUN...] [RUN[,...] ...] [--k 10] [--bootstrap 10000]
                                       [--seed 0] [--exclude_history]
+    (RUN: a checkpoint, or the test-ranks CSV a sweep wrote for the run)
 
 One training run gives one test score per model, and a seed-to-seed comparison needs many runs. This script asks
 a cheaper, narrower question of the runs already made: on these test users, is the gap between two trained models
-larger than the user-to-user noise? All checkpoints must come from the same dataset and split (same users).
+larger than the user-to-user noise? All runs must come from the same dataset and split (same users).
 
 For each checkpoint it ranks every test user's held-out item (``recbole_elastic.evaluate.held_out_ranks``,
-RecBole's full ranking; with ``--exclude_history`` without the user's input items), then scores each user:
+RecBole's full ranking; with ``--exclude_history`` without the user's input items). In place of a checkpoint it
+takes the ``test-ranks-<model>-seed<seed>.csv`` a sweep wrote beside its results (the same ranks under both rules,
+computed at the end of training), so runs compare after their checkpoints are gone. Then it scores each user:
 NDCG@k = 1/log2(rank+2), Hit@k = 1 and MRR@k = 1/(rank+1) when rank < k, else 0. Every later checkpoint is
 compared with the first one on NDCG@k: the mean per-user difference, a 95% percentile bootstrap interval over users,
 and the two-sided paired t-test p-value. It prints a Markdown table. The result says nothing about seed-to-seed
@@ -22,6 +25,7 @@ exceeds the user-to-user noise.
 import argparse
 import math
 import os
+import re
 import sys
 from typing import Dict, List, Optional
 
@@ -62,7 +66,10 @@ def bootstrap_interval(differences: np.ndarray, resamples: int, seed: int) -> Li
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "checkpoints", nargs="+", help="saved models (a comma-separated group: seeds of one model); each vs the first"
+        "checkpoints",
+        nargs="+",
+        help="saved models or a sweep's test-ranks CSV files (a comma-separated group: seeds of one model); each "
+        "vs the first",
     )
     parser.add_argument("--k", type=int, default=10, help="cut-off of the per-user metrics (default 10)")
     parser.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples (default 10000)")
@@ -75,14 +82,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     evaluation = {"eval_exclude_history": True} if args.exclude_history else None
 
-    from recbole_elastic.errors import ElasticError
-    from recbole_elastic.evaluate import held_out_ranks, read_checkpoint_config
+    from recbole_elastic.errors import ConfigError, ElasticError
+    from recbole_elastic.evaluate import held_out_ranks, read_checkpoint_config, read_test_ranks
     from recbole_elastic.sweep import paired_p_value
+
+    def model_name(path: str) -> str:
+        if path.endswith(".csv"):
+            named = re.fullmatch(r"test-ranks-(.+)-seed-?\d+\.csv", os.path.basename(path))
+            return named.group(1) if named else os.path.basename(path)
+        return read_checkpoint_config(path)["model"]
+
+    def ranks_of(path: str) -> Dict[str, int]:
+        if not path.endswith(".csv"):
+            return held_out_ranks(path, evaluation)
+        column = 1 if args.exclude_history else 0
+        ranks = {user: both[column] for user, both in read_test_ranks(path).items()}
+        if None in ranks.values():
+            raise ConfigError(f"{path} has no ranks without the input items (not a sequential model's run).")
+        return ranks
 
     groups = [group.split(",") for group in args.checkpoints]
     try:
-        names = [read_checkpoint_config(group[0])["model"] for group in groups]
-        ranks_per_group = [[held_out_ranks(path, evaluation) for path in group] for group in groups]
+        names = [model_name(group[0]) for group in groups]
+        ranks_per_group = [[ranks_of(path) for path in group] for group in groups]
     except ElasticError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -106,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"\n{len(users)} test users, ranked {ranking}; differences are per-user {key}, later model minus {names[0]}.\n"
     )
     print(
-        f"| model | checkpoint | {key} | hit@{args.k} | mrr@{args.k} | difference | 95% bootstrap interval | "
+        f"| model | file | {key} | hit@{args.k} | mrr@{args.k} | difference | 95% bootstrap interval | "
         "paired t-test p |"
     )
     print("|---|---|---|---|---|---|---|---|")

@@ -3,12 +3,14 @@
 Each rebuilds the run's data split through :func:`recbole_elastic.quick_start.load_data_and_model` (no training).
 """
 
-import math
+import csv
+import io
 import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from recbole_elastic.atomic import atomic_write
 from recbole_elastic.compat import load_checkpoint
 from recbole_elastic.errors import ConfigError
 from recbole_elastic.quick_start import load_data_and_model
@@ -59,29 +61,43 @@ def evaluate_checkpoint(path: str, evaluation: Optional[Dict[str, Any]] = None) 
     }
 
 
-@torch.no_grad()
-def held_out_ranks(path: str, evaluation: Optional[Dict[str, Any]] = None) -> Dict[Any, int]:
+def held_out_ranks(path: str, evaluation: Optional[Dict[str, Any]] = None) -> Dict[str, int]:
     """0-based rank of each test user's held-out item in a saved model's full ranking (test split, no training).
 
     The ranking is the one the trainer's full-sort evaluation scores: padding is excluded, and so is the user's
     history for a general model, or the input sequence's items with ``eval_exclude_history`` (``evaluation`` as in
-    :func:`load_for_testing`).
-    Items tied with the target count as ranked below it. Keys are the users' internal ids; with leave-one-out
-    each user has one held-out item. Metrics per user follow, e.g. NDCG@10 = 1 / log2(rank + 2) if rank < 10.
+    :func:`load_for_testing`). Keys are user tokens; see the trainer's ``held_out_ranks`` for ties and misses.
     """
-    config, model, trainer, test_data = load_for_testing(path, evaluation)
-    trainer.tot_item_num = test_data._dataset.item_num
-    model.eval()
-    ranks: Dict[Any, int] = {}
-    for batch in test_data:
-        interaction, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
-        target_scores = scores[positive_u, positive_i].unsqueeze(1)
-        batch_ranks = (scores[positive_u] > target_scores).sum(dim=1)
-        # A held-out item excluded with the history is a miss: ranked after every item.
-        batch_ranks[target_scores.squeeze(1) == -math.inf] = scores.shape[1]
-        users = interaction[config["USER_ID_FIELD"]][positive_u]
-        for user, rank in zip(users.tolist(), batch_ranks.tolist()):
-            if user in ranks:
-                raise ValueError(f"user {user} has more than one test item; held_out_ranks expects leave-one-out")
-            ranks[user] = rank
-    return ranks
+    _, _, trainer, test_data = load_for_testing(path, evaluation)
+    column = 1 if trainer.exclude_history else 0
+    return {user: ranks[column] for user, ranks in trainer.held_out_ranks(test_data).items()}
+
+
+# The per-user test ranks a sweep writes beside its results (``test-ranks-<model>-seed<seed>.csv``), so that
+# benchmarks/paired_users.py compares runs whose checkpoints are gone.
+TEST_RANKS_HEADER = ("user_id", "rank", "rank_without_input_items")
+
+
+def write_test_ranks(path: str, ranks: Dict[str, Tuple[int, Optional[int]]]) -> None:
+    """Write the trainer's ``held_out_ranks`` as CSV (atomically); an empty cell where there is no second rule."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(TEST_RANKS_HEADER)
+    for user, (rank, rank_without_inputs) in ranks.items():
+        writer.writerow([user, rank, "" if rank_without_inputs is None else rank_without_inputs])
+    atomic_write(path, buffer.getvalue())
+
+
+def read_test_ranks(path: str) -> Dict[str, Tuple[int, Optional[int]]]:
+    """The ranks :func:`write_test_ranks` wrote; :class:`ConfigError` for a file that is not such a CSV."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        if tuple(rows[0]) != TEST_RANKS_HEADER:
+            raise ValueError(f"its header is {','.join(rows[0])}, not {','.join(TEST_RANKS_HEADER)}")
+        return {user: (int(rank), int(without) if without else None) for user, rank, without in rows[1:]}
+    except (OSError, ValueError, IndexError) as error:
+        raise ConfigError(
+            f"{path} is not a test-ranks file a sweep wrote ({type(error).__name__}: {error}). Pass a checkpoint "
+            "or a test-ranks-<model>-seed<seed>.csv from a results folder."
+        ) from error

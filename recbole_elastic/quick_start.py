@@ -37,7 +37,9 @@ def run(
     the one it was saved at, with its weights, optimiser state and best validation score, and keeps saving to it.
 
     Returns the best validation score and metrics, the test metrics, the checkpoint path, epochs run, seconds per
-    training epoch, the validation score after each evaluation (``valid_curve``) and the parameter count.
+    training epoch, the validation score after each evaluation (``valid_curve``), the parameter count and, with
+    leave-one-out full ranking in one process, each test user's rank of their held-out item (``test_ranks``, the
+    trainer's ``held_out_ranks``; None otherwise).
     """
     config = build_config(model, dataset, config_file_list, config_dict)
     logger = getLogger()
@@ -57,6 +59,10 @@ def run(
             raise
         raise diverged(config, trainer, saved) from error
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    # Per-user ranks let a paired comparison of runs outlive their checkpoints (one test item per user, one process).
+    eval_args = config["eval_args"]
+    one_item_per_user = "LS" in eval_args["split"] and eval_args["mode"]["test"] == "full"
+    test_ranks = trainer.held_out_ranks(test_data) if one_item_per_user and config["single_spec"] else None
 
     memory_usage = model_obj.memory_slot_usage(test_data) if hasattr(model_obj, "memory_slot_usage") else None
     if memory_usage:
@@ -77,6 +83,7 @@ def run(
         "params": sum(p.numel() for p in model_obj.parameters() if p.requires_grad),
         "memory_usage": memory_usage,
         "flops": flops,
+        "test_ranks": test_ranks,
     }
 
 

@@ -7,7 +7,8 @@ hold a ``model_overrides`` section, ``{ModelName: {key: value}}``, applied to th
 table gives the mean ± std of every test metric over seeds, the best validation score, epochs run, seconds per
 training epoch and the parameter count; the best mean per metric is marked. With two or more seeds, a paired
 t-test over seeds compares each model's test ``valid_metric`` with the first model's. A model that fails gets a
-row with its error and the others still run. Results go to ``<output_dir>/results.{csv,json,md}``.
+row with its error and the others still run. Results go to ``<output_dir>/results.{csv,json,md}``, each run's
+per-user test ranks (leave-one-out) to ``<output_dir>/test-ranks-<model>-seed<seed>.csv``.
 """
 
 import csv
@@ -22,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from recbole_elastic.atomic import atomic_write
 from recbole_elastic.config import run_settings
+from recbole_elastic.evaluate import write_test_ranks
 from recbole_elastic.quick_start import run
 
 
@@ -191,8 +193,17 @@ def to_csv(result: Dict[str, Any]) -> str:
 
 
 def write_results(result: Dict[str, Any], output_dir: str) -> None:
-    """results.json (everything, per seed), results.csv and results.md (the table) in ``output_dir``."""
+    """results.json (everything, per seed), results.csv and results.md (the table) in ``output_dir``, and each
+    run's per-user test ranks as ``test-ranks-<model>-seed<seed>.csv`` (named in results.json by ``test_ranks_file``;
+    ``benchmarks/paired_users.py`` reads them in place of checkpoints)."""
     os.makedirs(output_dir, exist_ok=True)
+    for row in result["rows"]:
+        for run_record in row["runs"]:
+            ranks = run_record.pop("test_ranks", None)
+            if ranks:
+                name = f"test-ranks-{row['model']}-seed{run_record['seed']}.csv"
+                write_test_ranks(os.path.join(output_dir, name), ranks)
+                run_record["test_ranks_file"] = name
     atomic_write(os.path.join(output_dir, "results.json"), json.dumps(result, indent=2, default=float))
     atomic_write(os.path.join(output_dir, "results.csv"), to_csv(result))
     atomic_write(os.path.join(output_dir, "results.md"), to_markdown(result))

@@ -38,7 +38,7 @@ import math
 import os
 import time
 from logging import getLogger
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 import torch
 import torch.distributed as dist
@@ -137,9 +137,53 @@ class HistoryExclusionMixin:
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
         if self.exclude_history:
-            history = interaction[self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"]]  # [B, N], 0 pads
-            scores.scatter_(1, history.to(scores.device), -math.inf)  # padding, item 0, is excluded already
+            self._exclude_input_items(interaction, scores)
         return interaction, scores, positive_u, positive_i
+
+    def _exclude_input_items(self, interaction, scores: torch.Tensor) -> None:
+        history = interaction[self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"]]  # [B, N], 0 pads
+        scores.scatter_(1, history.to(scores.device), -math.inf)  # padding, item 0, is excluded already
+
+    @torch.no_grad()
+    def held_out_ranks(self, test_data) -> Dict[str, Tuple[int, Optional[int]]]:
+        """Each test user's 0-based rank of their held-out item, under both rules: ``(rank, rank without the
+        input items)``, the second None for a model that is not sequential. Keys are user tokens (the ids of the
+        dataset's files).
+
+        ``rank`` is RecBole's full ranking (padding excluded, and a general model's training items); the second
+        leaves out the input sequence's items as ``eval_exclude_history`` does, whatever this trainer's setting.
+        Items tied with the target count as ranked below it; an excluded target is a miss, ranked after every item.
+        One pass over ``test_data`` with the model as it is (after ``evaluate``, the best one). Leave-one-out
+        only: each user has one held-out item. Metrics follow, e.g. NDCG@10 = 1 / log2(rank + 2) if rank < 10.
+        """
+        self.model.eval()
+        self.tot_item_num = test_data._dataset.item_num
+        sequential = self.config["MODEL_TYPE"] == ModelType.SEQUENTIAL
+        user_field = self.config["USER_ID_FIELD"]
+        ranks: Dict[str, Tuple[int, Optional[int]]] = {}
+        for batch in test_data:
+            interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batch)  # RecBole's rule
+            every_item = _target_ranks(scores, positive_u, positive_i)
+            if sequential:
+                self._exclude_input_items(interaction, scores)
+                without_inputs = _target_ranks(scores, positive_u, positive_i)
+            else:
+                without_inputs = [None] * len(every_item)
+            users = test_data._dataset.id2token(user_field, interaction[user_field][positive_u].cpu().numpy())
+            for user, rank, rank_without_inputs in zip(users.tolist(), every_item, without_inputs):
+                if user in ranks:
+                    raise ValueError(f"user {user} has more than one test item; held_out_ranks expects leave-one-out")
+                ranks[user] = (rank, rank_without_inputs)
+        return ranks
+
+
+def _target_ranks(scores: torch.Tensor, positive_u: torch.Tensor, positive_i: torch.Tensor) -> List[int]:
+    """0-based rank of each held-out item (``scores[positive_u, positive_i]``) in its row; -inf (excluded) is a
+    miss, ranked after every item."""
+    target_scores = scores[positive_u, positive_i].unsqueeze(1)
+    ranks = (scores[positive_u] > target_scores).sum(dim=1)
+    ranks[target_scores.squeeze(1) == -math.inf] = scores.shape[1]
+    return ranks.tolist()
 
 
 class RecordingMixin:

@@ -12,8 +12,9 @@ import sys
 import pytest
 from scipy import stats
 
-from recbole_elastic.evaluate import evaluate_checkpoint, held_out_ranks
+from recbole_elastic.evaluate import evaluate_checkpoint, held_out_ranks, write_test_ranks
 from recbole_elastic.quick_start import run
+from recbole_elastic.sweep import run_sweep
 
 from tests.helpers import REPO_ROOT, tiny_run_config
 
@@ -212,3 +213,29 @@ def test_eval_time_scores_the_same_and_counts_each_groups_longest_history(tiny_d
         assert point["users"] == len(counts)
         assert point["positions"] == {"padded": 20 * len(counts), "grouped": (max(counts.values()) - 2) * len(counts)}
         assert point["largest_score_difference"] < 1e-5
+
+
+def test_paired_users_reads_a_sweeps_test_ranks_files_as_it_reads_checkpoints(tiny_data, tmp_path, capsys):
+    output_dir = str(tmp_path / "out")
+    result = run_sweep(["CausalSASRec"], "tiny", [7, 8], output_dir, {}, tiny_run_config(tiny_data))
+    runs = result["rows"][0]["runs"]
+    checkpoints = [run_record["model_file"] for run_record in runs]
+    rank_files = [os.path.join(output_dir, run_record["test_ranks_file"]) for run_record in runs]
+    paired_users = load_benchmark("paired_users")
+
+    def table(paths, *flags):
+        assert paired_users.main([*paths, "--bootstrap", "200", *flags]) == 0
+        rows = [line.strip("|").split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+        return [[cell.strip() for i, cell in enumerate(cells) if i != 1] for cells in rows]  # all but the file
+
+    for flags in ([], ["--exclude_history"]):
+        from_checkpoints = table(checkpoints, *flags)
+        assert len(from_checkpoints) == 3 and from_checkpoints[2][4] != "", "no comparison row"
+        assert table(rank_files, *flags) == from_checkpoints
+        assert table([checkpoints[0], rank_files[1]], *flags) == from_checkpoints  # the two kinds mix
+
+    # A general model's file has RecBole's rule only: asking for the other one is an error, not zeros.
+    general = str(tmp_path / "test-ranks-BPR-seed7.csv")
+    write_test_ranks(general, {"1": (3, None), "2": (0, None)})
+    assert paired_users.main([general, general, "--exclude_history"]) == 2
+    assert "has no ranks without the input items" in capsys.readouterr().err

@@ -1,13 +1,17 @@
 """Saved checkpoints evaluate to exactly the metrics their run reported, and under ``eval_exclude_history`` to
 the ranking without each user's input items."""
 
+import json
+import os
+
 import pytest
 import torch
 
 from recbole_elastic.cli import main
 from recbole_elastic.errors import ConfigError
-from recbole_elastic.evaluate import evaluate_checkpoint, held_out_ranks
+from recbole_elastic.evaluate import evaluate_checkpoint, held_out_ranks, read_test_ranks
 from recbole_elastic.quick_start import load_data_and_model, run
+from recbole_elastic.sweep import run_sweep
 
 from tests.helpers import metrics_from_ranks, run_cli_expecting_error, tiny_run_config
 
@@ -35,8 +39,9 @@ def test_eval_only_needs_an_existing_checkpoint(tmp_path, capsys):
 
 def ranks_without_input_items(model_file: str):
     """Each test user's 0-based rank among the items outside their input sequence, from the model's raw scores:
-    the independent computation ``eval_exclude_history`` must match. A target inside its input is a miss."""
-    config, model, _, _, _, test_data = load_data_and_model(model_file)
+    the independent computation ``eval_exclude_history`` must match. A target inside its input is a miss. Keyed by
+    user token."""
+    config, model, dataset, _, _, test_data = load_data_and_model(model_file)
     model.eval()
     ranks, repeated_targets = {}, 0
     with torch.no_grad():
@@ -46,7 +51,7 @@ def ranks_without_input_items(model_file: str):
                 length = int(interaction["item_length"][row])
                 inputs = set(interaction["item_id_list"][row, :length].tolist())
                 target = int(interaction["item_id"][row])
-                user = int(interaction["user_id"][row])
+                user = dataset.id2token("user_id", int(interaction["user_id"][row]))  # a token, as ranks are keyed
                 if target in inputs:
                     ranks[user], repeated_targets = scores.shape[1], repeated_targets + 1
                     continue
@@ -82,3 +87,32 @@ def test_eval_exclude_history_is_refused_for_a_general_model(tiny_data):
     config = tiny_run_config(tiny_data, eval_exclude_history=True)
     with pytest.raises(ConfigError, match="eval_exclude_history is for sequential models; BPR is not one"):
         run("BPR", "tiny", config_dict=config)
+
+
+def test_a_sweep_writes_each_runs_test_ranks_under_both_rules(tiny_data, tmp_path):
+    output_dir = str(tmp_path / "out")
+    leave_one_out = {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"}
+    settings = tiny_run_config(tiny_data, epochs=2, eval_args=leave_one_out)
+    run_sweep(["CausalSASRec", "BPR"], "tiny", [7], output_dir, {}, settings)
+    with open(os.path.join(output_dir, "results.json"), encoding="utf-8") as f:
+        causal, general = (row["runs"][0] for row in json.load(f)["rows"])
+    assert "test_ranks" not in causal, "the ranks belong in their own file, not in results.json"
+    assert causal["test_ranks_file"] == "test-ranks-CausalSASRec-seed7.csv"
+    ranks = read_test_ranks(os.path.join(output_dir, causal["test_ranks_file"]))
+
+    # RecBole's rule: the metrics RecBole reported for the run follow from the ranks.
+    for name, value in metrics_from_ranks({user: both[0] for user, both in ranks.items()}).items():
+        assert abs(causal["test_result"][name] - value) <= 1e-4, (name, causal["test_result"][name], value)
+    # Without the input items: the ranks computed from the model's raw scores.
+    expected, repeated_targets = ranks_without_input_items(causal["model_file"])
+    assert repeated_targets > 0
+    assert {user: both[1] for user, both in ranks.items()} == expected
+
+    # A general model has RecBole's rule only.
+    general_ranks = read_test_ranks(os.path.join(output_dir, general["test_ranks_file"]))
+    assert len(general_ranks) == len(ranks) and all(without is None for _, without in general_ranks.values())
+    for name, value in metrics_from_ranks({user: both[0] for user, both in general_ranks.items()}).items():
+        assert abs(general["test_result"][name] - value) <= 1e-4, (name, general["test_result"][name], value)
+
+    # Several test items per user (RecBole's default ratio split for a general model): no ranks, no file.
+    assert run("BPR", "tiny", config_dict=tiny_run_config(tiny_data))["test_ranks"] is None
