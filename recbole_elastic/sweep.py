@@ -194,8 +194,8 @@ def to_csv(result: Dict[str, Any]) -> str:
 
 def write_results(result: Dict[str, Any], output_dir: str) -> None:
     """results.json (everything, per seed), results.csv and results.md (the table) in ``output_dir``, and each
-    run's per-user test ranks as ``test-ranks-<model>-seed<seed>.csv`` (named in results.json by ``test_ranks_file``;
-    ``benchmarks/paired_users.py`` reads them in place of checkpoints)."""
+    run's per-user test ranks as ``test-ranks-<model>-seed<seed>.csv`` (moved out of the run records, which name the
+    file in ``test_ranks_file``; ``benchmarks/paired_users.py`` reads them in place of checkpoints)."""
     os.makedirs(output_dir, exist_ok=True)
     for row in result["rows"]:
         for run_record in row["runs"]:
