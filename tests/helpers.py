@@ -140,7 +140,13 @@ def assert_metrics_match_the_checkpoint(metrics: Dict[str, float], model_file: s
     """``metrics`` (a run's reported test metrics, rounded to 4 decimals by RecBole) equal the ones recomputed
     from the saved checkpoint's per-user ranks; ``tolerance`` covers the rounding. A model scored wrongly at test
     time, a metric mislabelled or taken from the wrong split fails this."""
-    expected = metrics_from_ranks(held_out_ranks(model_file))
+    assert_metrics_follow_from_ranks(metrics, held_out_ranks(model_file), tolerance)
+
+
+def assert_metrics_follow_from_ranks(metrics: Dict[str, float], ranks: Dict[Any, int], tolerance: float = 1e-4) -> None:
+    """``metrics`` (rounded to 4 decimals by RecBole) equal the ones :func:`metrics_from_ranks` computes from
+    ``ranks``, every metric named in both and some hit among them."""
+    expected = metrics_from_ranks(ranks)
     assert set(metrics) == set(expected)
     assert sum(expected.values()) > 0, "no test user's item ranked in the top 10: nothing is compared"
     for name, value in metrics.items():

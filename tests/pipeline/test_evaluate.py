@@ -13,7 +13,7 @@ from recbole_elastic.evaluate import evaluate_checkpoint, held_out_ranks, read_t
 from recbole_elastic.quick_start import load_data_and_model, run
 from recbole_elastic.sweep import run_sweep
 
-from tests.helpers import metrics_from_ranks, run_cli_expecting_error, tiny_run_config
+from tests.helpers import assert_metrics_follow_from_ranks, metrics_from_ranks, run_cli_expecting_error, tiny_run_config
 
 EXCLUDE_HISTORY = {"eval_exclude_history": True}
 
@@ -101,8 +101,7 @@ def test_a_sweep_writes_each_runs_test_ranks_under_both_rules(tiny_data, tmp_pat
     ranks = read_test_ranks(os.path.join(output_dir, causal["test_ranks_file"]))
 
     # RecBole's rule: the metrics RecBole reported for the run follow from the ranks.
-    for name, value in metrics_from_ranks({user: both[0] for user, both in ranks.items()}).items():
-        assert abs(causal["test_result"][name] - value) <= 1e-4, (name, causal["test_result"][name], value)
+    assert_metrics_follow_from_ranks(causal["test_result"], {user: both[0] for user, both in ranks.items()})
     # Without the input items: the ranks computed from the model's raw scores.
     expected, repeated_targets = ranks_without_input_items(causal["model_file"])
     assert repeated_targets > 0
@@ -111,8 +110,7 @@ def test_a_sweep_writes_each_runs_test_ranks_under_both_rules(tiny_data, tmp_pat
     # A general model has RecBole's rule only.
     general_ranks = read_test_ranks(os.path.join(output_dir, general["test_ranks_file"]))
     assert len(general_ranks) == len(ranks) and all(without is None for _, without in general_ranks.values())
-    for name, value in metrics_from_ranks({user: both[0] for user, both in general_ranks.items()}).items():
-        assert abs(general["test_result"][name] - value) <= 1e-4, (name, general["test_result"][name], value)
+    assert_metrics_follow_from_ranks(general["test_result"], {user: both[0] for user, both in general_ranks.items()})
 
     # Several test items per user (RecBole's default ratio split for a general model): no ranks, no file.
     assert run("BPR", "tiny", config_dict=tiny_run_config(tiny_data))["test_ranks"] is None
