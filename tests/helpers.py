@@ -83,7 +83,7 @@ def randomise_biases_and_gains(module):
     so that none of them is zero or the identity by accident in a comparison; eval mode."""
     with torch.no_grad():
         for name, parameter in module.named_parameters():
-            if name.endswith("LayerNorm.weight") or name.endswith("query_norm.weight"):
+            if name.lower().endswith("norm.weight"):  # LayerNorm, query_norm, interest_norm, output_norm
                 parameter.uniform_(0.5, 1.5)
             elif parameter.dim() == 1:
                 parameter.normal_(0.0, 0.1)

@@ -12,6 +12,10 @@ position, which the causal mask makes depend only on the items up to it. With ``
 on one window per sample with a loss at every position, as the original SASRec does, so a sweep can compare it
 with CausalELASTIC under the same scheme. Without it, it is RecBole's SASRec.
 
+With ``norm_first`` the layers are pre-LN instead (``layers.PreNormTransformerEncoder``: each sub-layer reads
+LayerNorm of its input and adds to it, one LayerNorm after the last layer; the original SASRec's arrangement, and
+PyTorch's ``norm_first``). Its parameter names then differ from RecBole's SASRec.
+
 Softmax self-attention builds a ``[B, heads, N, N]`` score tensor: this is the quadratic baseline.
 """
 
@@ -22,11 +26,14 @@ from recbole.model.layers import TransformerEncoder
 from recbole_elastic.model.abstract import DotProductSequentialRecommender
 from recbole_elastic.model.all_positions import AllPositionsMixin
 from recbole_elastic.model.hyperparameters import HyperparameterChecker
+from recbole_elastic.model.layers import PreNormTransformerEncoder
 
 
 def check_hyperparameters(config) -> None:
     """Raise :class:`ConfigError` naming the first CausalSASRec hyperparameter outside its allowed range."""
-    HyperparameterChecker("CausalSASRec", config).require_transformer()
+    checker = HyperparameterChecker("CausalSASRec", config)
+    checker.require_transformer()
+    checker.require_bool("norm_first", optional=True)
 
 
 class CausalSASRec(AllPositionsMixin, DotProductSequentialRecommender):
@@ -42,9 +49,11 @@ class CausalSASRec(AllPositionsMixin, DotProductSequentialRecommender):
         self.inner_size = config["inner_size"]  # the dimensionality in feed-forward layer
         self.attn_dropout_prob = config["attn_dropout_prob"]
         self.hidden_act = config["hidden_act"]
+        self.norm_first = bool(config["norm_first"])  # None: a checkpoint saved before the key, post-LN
 
         # define layers
-        self.trm_encoder = TransformerEncoder(
+        encoder = PreNormTransformerEncoder if self.norm_first else TransformerEncoder
+        self.trm_encoder = encoder(
             n_layers=self.n_layers,
             n_heads=self.n_heads,
             hidden_size=self.hidden_size,
@@ -61,5 +70,7 @@ class CausalSASRec(AllPositionsMixin, DotProductSequentialRecommender):
     def forward_all_positions(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         input_emb = self.embed_input(item_seq)
         extended_attention_mask = self.get_attention_mask(item_seq)  # left-to-right, padding masked
+        if self.norm_first:
+            return self.trm_encoder(input_emb, extended_attention_mask)  # [B N H]
         trm_output = self.trm_encoder(input_emb, extended_attention_mask, output_all_encoded_layers=True)
         return trm_output[-1]  # [B N H]

@@ -26,6 +26,9 @@ cut into chunks of C = ``interest_chunk_size`` positions and the k interest stat
   SASRec's query at t sees. Then residual, LayerNorm and one position-wise FFN. Every item before t reaches t
   once directly or through the interests (items t - C < s < C j through both).
 * Readout (``forward``): the output of ``forward_all_positions`` at ``item_seq_len - 1``.
+* Normalisation: post-LN as SASRec (residual, then LayerNorm, after every stage), or with ``norm_first`` pre-LN
+  (each stage reads LayerNorm of its input and adds to it; the dispatch normalises the interests it reads with a
+  LayerNorm of its own; one LayerNorm on the last block's output). The paper does not say which.
 
 Cost per block: one FFN and one attention over k + 2C keys (a band mask keeps C of the 2C) per position, plus
 O(N / C * k) interest states. No ``[B, N, k, H]`` and no N x N tensor. The window is padded to a multiple of C
@@ -72,6 +75,7 @@ def check_hyperparameters(config) -> None:
     checker.require("interest_chunk_size", checker.is_int("interest_chunk_size", 1), "an integer >= 1")
     for key in ("interest_ffn", "local_attention", "causal_recency_bias"):
         checker.require_bool(key)
+    checker.require_bool("norm_first", optional=True)
     check_causal_query_norm(checker, config)
 
 
@@ -85,6 +89,9 @@ class ChunkedELASTIC(AllPositionsMixin, ELASTIC):
         check_hyperparameters(config)
         super(ChunkedELASTIC, self).__init__(config, dataset)
         self.chunk_size = config["interest_chunk_size"]
+        # Pre-LN leaves the last block's output unnormalised (None: a checkpoint saved before the key, post-LN).
+        self.norm_first = bool(config["norm_first"])
+        self.output_norm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps) if self.norm_first else nn.Identity()
 
     def memory_query_norm(self, config) -> str:
         return causal_query_norm(config)
@@ -96,6 +103,7 @@ class ChunkedELASTIC(AllPositionsMixin, ELASTIC):
             interest_ffn=config["interest_ffn"],
             local_attention=config["local_attention"],
             recency_bias=config["causal_recency_bias"],
+            norm_first=bool(config["norm_first"]),
         )
 
     def boundary_tokens(self, summaries: torch.Tensor) -> torch.Tensor:
@@ -131,7 +139,7 @@ class ChunkedELASTIC(AllPositionsMixin, ELASTIC):
         interests = self.initial_interests(sequence, sequence_mask)
         for block in self.dispatcher_blocks:
             sequence, interests = block(sequence, interests, sequence_mask)
-        return sequence[:, :length]  # [B N H]
+        return self.output_norm(sequence[:, :length])  # [B N H]
 
     # Streaming: fold a user's events into a fixed-size state, one at a time (inference).
 
@@ -184,7 +192,7 @@ class ChunkedELASTIC(AllPositionsMixin, ELASTIC):
             fresh = self.boundary_interests(embedding_sum / length.unsqueeze(1).to(item.dtype), running)
             keep = completed.view(-1, 1, 1)
             interests = [torch.where(keep, new, old) for new, old in zip(fresh, interests)]
-        return ChunkedStreamState(length, embedding_sum, interests, running, recent, output=item)
+        return ChunkedStreamState(length, embedding_sum, interests, running, recent, output=self.output_norm(item))
 
     @inference
     def stream_scores(self, state: ChunkedStreamState) -> torch.Tensor:

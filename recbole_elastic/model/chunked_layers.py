@@ -63,7 +63,8 @@ def chunk_prefix_softmax(
 
 class ChunkAggregation(nn.Module):
     """The aggregate stage: at every chunk boundary, k position-independent queries attend (softmax) to all the
-    block's input before it, and the result updates the interest states of that boundary (residual, post-LN).
+    block's input before it, and the result updates the interest states of that boundary (residual, then
+    LayerNorm unless ``norm_first``: pre-LN has nothing to normalise here, its queries are parameters).
 
     Its keys and values are the dispatch's (:class:`LocalDispatch` projects the block's input once for both
     stages): a second pair of projections of every position would be a third of a Transformer layer's
@@ -85,6 +86,7 @@ class ChunkAggregation(nn.Module):
         chunk_size: int,
         initializer_range: float,
         recency_bias: bool = False,
+        norm_first: bool = False,
     ) -> None:
         super().__init__()
         self.n_heads = n_heads
@@ -96,7 +98,8 @@ class ChunkAggregation(nn.Module):
         self.query = nn.Linear(hidden_size, hidden_size)
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.out_dropout = nn.Dropout(hidden_dropout_prob)
-        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        # Pre-LN has nothing to normalise before this stage (its queries are parameters) and no LayerNorm after it.
+        self.LayerNorm = None if norm_first else nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.recency_slopes = None
         if recency_bias:
             slopes = 2.0 ** -torch.arange(n_queries, dtype=torch.float)  # horizons of about 1 .. 2^(k-1) items
@@ -118,8 +121,10 @@ class ChunkAggregation(nn.Module):
         return scores
 
     def update(self, interests: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        """Residual, dropout and LayerNorm: ``attended`` (heads merged) into ``interests``, both ``[..., k, H]``."""
-        return self.LayerNorm(interests + self.out_dropout(self.dense(attended)))
+        """Residual, dropout and (post-LN) LayerNorm: ``attended`` (heads merged) into ``interests``, both
+        ``[..., k, H]``."""
+        residual = interests + self.out_dropout(self.dense(attended))
+        return residual if self.LayerNorm is None else self.LayerNorm(residual)
 
     def forward(
         self, interests: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sequence_mask: torch.Tensor
@@ -168,6 +173,8 @@ class ChunkAggregation(nn.Module):
 class LocalDispatch(CrossAttention):
     """The dispatch stage: position t attends, in one softmax, to its chunk's k interests and (``local``) to its
     last C items ``t - C < s <= t``, then residual, post-LN. Keys and values of both share the projections.
+    With ``norm_first`` (pre-LN) the queries and the items are read through ``LayerNorm`` and the interests
+    through their own ``interest_norm`` (they are a separate residual stream); the output is the residual sum.
 
     Keys per chunk: ``[k interests | previous chunk | own chunk]``; a fixed band mask keeps, of the 2C items, those
     in the last C positions up to t. O(N * (k + 2C) * H) time, no N x N tensor.
@@ -182,10 +189,12 @@ class LocalDispatch(CrossAttention):
         layer_norm_eps: float,
         chunk_size: int,
         local: bool = True,
+        norm_first: bool = False,
     ) -> None:
-        super().__init__(hidden_size, n_heads, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps)
+        super().__init__(hidden_size, n_heads, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps, norm_first)
         self.chunk_size = chunk_size
         self.local = local
+        self.interest_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if norm_first else nn.Identity()
         rows = torch.arange(chunk_size).unsqueeze(1)  # the query's place r in its chunk
         columns = torch.arange(2 * chunk_size).unsqueeze(0)  # the key's place i in [previous chunk | own chunk]
         # previous chunk: key C(j-1) + i is within the last C positions of Cj + r when i > r; own chunk: i <= r
@@ -200,11 +209,13 @@ class LocalDispatch(CrossAttention):
         item_value: torch.Tensor,
     ) -> torch.Tensor:
         """sequence ``[B, P, H]``, each chunk's interests ``[B, n, k, H]``, ``sequence_mask`` ``[B, P]``, the
-        sequence's keys and values ``[B, P, H]`` (``self.key``/``self.value`` of it) -> the attended sequence."""
+        sequence's keys and values ``[B, P, H]`` (``self.key``/``self.value`` of ``self.normalize(sequence)``) ->
+        the attended sequence."""
         batch, padded, hidden = sequence.shape
         n_chunks, n_interests, chunk = interests.size(1), interests.size(2), self.chunk_size
         heads, head_size = self.n_heads, self.head_size
-        query = self.query(sequence).view(batch * n_chunks, chunk, heads, head_size).transpose(1, 2)
+        query = self.query(self.normalize(sequence)).view(batch * n_chunks, chunk, heads, head_size).transpose(1, 2)
+        interests = self.interest_norm(interests)
         key = self.key(interests).view(batch * n_chunks, n_interests, heads, head_size)
         value = self.value(interests).view(batch * n_chunks, n_interests, heads, head_size)
         visible = sequence_mask.new_ones(batch * n_chunks, 1, chunk, n_interests)
@@ -230,22 +241,23 @@ class LocalDispatch(CrossAttention):
             attn_mask=mask,
             dropout_p=self.attn_dropout_prob if self.training else 0.0,
         )  # [B*n h C d]
-        attended = attended.transpose(1, 2).reshape(batch, padded, hidden)
-        return self.LayerNorm(sequence + self.out_dropout(self.dense(attended)))
+        return self.output(sequence, attended)
 
     def step(self, item: torch.Tensor, interests: torch.Tensor, recent: torch.Tensor, recent_mask: torch.Tensor):
         """Streaming: the new position's ``item`` ``[B, H]`` attends to ``interests`` ``[B, k, H]`` and (``local``)
         its last C items ``recent`` ``[B, C, H]`` (itself included; ``recent_mask`` ``[B, C]`` True where filled)."""
-        context, mask = interests, recent_mask.new_ones(item.size(0), interests.size(1))
+        context, mask = self.interest_norm(interests), recent_mask.new_ones(item.size(0), interests.size(1))
         if self.local:
-            context, mask = torch.cat([interests, recent], 1), torch.cat([mask, recent_mask], 1)
+            context, mask = torch.cat([context, self.normalize(recent)], 1), torch.cat([mask, recent_mask], 1)
         # One query over [interests | recent items]: plain cross-attention (streaming is inference: no dropout).
-        return super().forward(item.unsqueeze(1), context, mask).squeeze(1)
+        query = item.unsqueeze(1)  # [B 1 H]
+        return self.output(query, self.attend(self.normalize(query), context, mask)).squeeze(1)
 
 
 class ChunkedDispatcherBlock(nn.Module):
     """One chunked causal LDA block (see the module docstring): aggregate at the chunk boundaries (then the
-    interests' FFN unless ``interest_ffn`` is False), dispatch with the local window, then a position-wise FFN."""
+    interests' FFN unless ``interest_ffn`` is False), dispatch with the local window, then a position-wise FFN.
+    Every stage post-LN, or pre-LN with ``norm_first`` (the model then normalises the last block's output)."""
 
     def __init__(
         self,
@@ -262,22 +274,31 @@ class ChunkedDispatcherBlock(nn.Module):
         interest_ffn: bool = True,
         local_attention: bool = True,
         recency_bias: bool = False,
+        norm_first: bool = False,
     ) -> None:
         super().__init__()
-        ffn_args = (hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
+        ffn_args = (hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps, norm_first)
         attention_args = (hidden_size, n_heads, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps)
         self.aggregate = ChunkAggregation(
-            hidden_size, n_heads, n_interests, *attention_args[2:], chunk_size, initializer_range, recency_bias
+            hidden_size,
+            n_heads,
+            n_interests,
+            *attention_args[2:],
+            chunk_size,
+            initializer_range,
+            recency_bias,
+            norm_first,
         )
         self.aggregate_ffn = FusedFeedForward(*ffn_args) if interest_ffn else nn.Identity()
-        self.dispatch = LocalDispatch(*attention_args, chunk_size, local_attention)
+        self.dispatch = LocalDispatch(*attention_args, chunk_size, local_attention, norm_first)
         self.dispatch_ffn = FusedFeedForward(*ffn_args)
 
     def forward(
         self, sequence: torch.Tensor, interests: torch.Tensor, sequence_mask: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """sequence ``[B, P, H]``, interests ``[B, n, k, H]``, ``sequence_mask`` ``[B, P]`` -> both updated."""
-        item_key, item_value = self.dispatch.key(sequence), self.dispatch.value(sequence)  # [B P H], both stages
+        block_input = self.dispatch.normalize(sequence)  # what both stages read
+        item_key, item_value = self.dispatch.key(block_input), self.dispatch.value(block_input)  # [B P H]
         heads = self.dispatch.split_heads
         interests = self.aggregate(interests, heads(item_key), heads(item_value), sequence_mask)
         interests = self.aggregate_ffn(interests)
@@ -298,7 +319,8 @@ class ChunkedDispatcherBlock(nn.Module):
         the last C positions ``recent`` ``[B, C, H]`` (this one last; ``recent_mask`` True where filled) -> the
         block's output ``[B, H]`` and the running softmax with this position folded in."""
         heads = self.dispatch.split_heads
-        key, value = heads(self.dispatch.key(item).unsqueeze(1)), heads(self.dispatch.value(item).unsqueeze(1))
+        block_input = self.dispatch.normalize(item).unsqueeze(1)  # [B 1 H]
+        key, value = heads(self.dispatch.key(block_input)), heads(self.dispatch.value(block_input))
         running = self.aggregate.fold(running, key, value, position)
         output = self.dispatch_ffn(self.dispatch.step(item, interests, recent, recent_mask))
         return output, running

@@ -38,8 +38,10 @@ class HyperparameterChecker:
         value = self.config[key]
         return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
 
-    def require_bool(self, key: str) -> None:
-        self.require(key, isinstance(self.config[key], bool), "True or False")
+    def require_bool(self, key: str, optional: bool = False) -> None:
+        """``key`` is True or False; with ``optional`` it may be unset too (a checkpoint saved before the key)."""
+        value = self.config[key]
+        self.require(key, isinstance(value, bool) or (optional and value is None), "True or False")
 
     def require_transformer(self, extra_int_keys: Iterable[str] = ()) -> None:
         """The SASRec-style keys: sizes, heads, dropouts, FFN activation and loss.

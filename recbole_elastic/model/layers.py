@@ -22,20 +22,51 @@ class FusedFeedForward(FeedForward):
     RecBole computes GELU as ``x * 0.5 * (1 + erf(x / sqrt(2)))``: five passes over the ``[B, N, inner_size]``
     tensor and four saved intermediates. ``torch.nn.functional.gelu`` computes the same exact (erf) GELU in one
     pass, about 4x faster on CPU, and saves only its input for backward; swish is ``silu``.
+
+    With ``norm_first`` the LayerNorm moves to the input (pre-LN, Xiong et al. 2020): ``x + dropout(W2 act(W1
+    LayerNorm(x)))``, the same parameters.
     """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        inner_size: int,
+        hidden_dropout_prob: float,
+        hidden_act: str,
+        layer_norm_eps: float,
+        norm_first: bool = False,
+    ) -> None:
+        super().__init__(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
+        self.norm_first = norm_first
 
     def get_hidden_act(self, act: str):
         return {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[act]
+
+    def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:
+        if not self.norm_first:
+            return super().forward(input_tensor)
+        hidden = self.dense_2(self.intermediate_act_fn(self.dense_1(self.LayerNorm(input_tensor))))
+        return input_tensor + self.dropout(hidden)
 
 
 class ProjectedAttention(nn.Module):
     """Q, K, V and output projections with SASRec's residual, dropout and post-LayerNorm around them.
 
-    Subclasses define how the per-head queries, keys and values ``[B, heads, L, d]`` are combined.
+    With ``norm_first`` the LayerNorm normalises the queries' input instead (:meth:`normalize`, pre-LN) and the
+    output is the plain residual sum. Subclasses define how the per-head queries, keys and values
+    ``[B, heads, L, d]`` are combined.
     """
 
-    def __init__(self, hidden_size: int, n_heads: int, hidden_dropout_prob: float, layer_norm_eps: float) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        n_heads: int,
+        hidden_dropout_prob: float,
+        layer_norm_eps: float,
+        norm_first: bool = False,
+    ) -> None:
         super().__init__()
+        self.norm_first = norm_first
         self.n_heads = n_heads
         self.head_size = hidden_size // n_heads
         self.query = nn.Linear(hidden_size, hidden_size)
@@ -58,10 +89,16 @@ class ProjectedAttention(nn.Module):
             self.split_heads(self.value(context)),
         )
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The input a sub-layer reads: LayerNorm of ``x`` with ``norm_first``, ``x`` itself otherwise."""
+        return self.LayerNorm(x) if self.norm_first else x
+
     def output(self, queries: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        """Merge heads ``[B, heads, L, d]``, project, dropout, add the residual ``queries`` and LayerNorm."""
+        """Merge heads ``[B, heads, L, d]``, project, dropout, add the residual ``queries`` (the un-normalised
+        input) and, post-LN, LayerNorm."""
         attended = attended.transpose(1, 2).reshape(queries.shape)
-        return self.LayerNorm(queries + self.out_dropout(self.dense(attended)))
+        residual = queries + self.out_dropout(self.dense(attended))
+        return residual if self.norm_first else self.LayerNorm(residual)
 
 
 class CrossAttention(ProjectedAttention):
@@ -78,21 +115,85 @@ class CrossAttention(ProjectedAttention):
         hidden_dropout_prob: float,
         attn_dropout_prob: float,
         layer_norm_eps: float,
+        norm_first: bool = False,
     ) -> None:
-        super().__init__(hidden_size, n_heads, hidden_dropout_prob, layer_norm_eps)
+        super().__init__(hidden_size, n_heads, hidden_dropout_prob, layer_norm_eps, norm_first)
         self.attn_dropout_prob = attn_dropout_prob
 
-    def forward(
+    def attend(
         self, queries: torch.Tensor, context: torch.Tensor, context_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        """queries ``[B, Q, H]`` attend to context ``[B, C, H]``; ``context_mask`` ``[B, C]`` is True where valid."""
+        """The per-head attention ``[B, heads, Q, d]`` of queries ``[B, Q, H]`` over context ``[B, C, H]`` (both as
+        the projections read them); ``context_mask`` ``[B, C]`` is True where valid."""
         attn_mask = None if context_mask is None else context_mask[:, None, None, :]
-        attended = F.scaled_dot_product_attention(
+        return F.scaled_dot_product_attention(
             *self.project(queries, context),
             attn_mask=attn_mask,
             dropout_p=self.attn_dropout_prob if self.training else 0.0,
         )
-        return self.output(queries, attended)
+
+    def forward(
+        self, queries: torch.Tensor, context: torch.Tensor, context_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """queries ``[B, Q, H]`` attend to context ``[B, C, H]``; ``context_mask`` ``[B, C]`` is True where valid.
+        Post-LN: a pre-LN subclass normalises its context itself and calls :meth:`attend`."""
+        return self.output(queries, self.attend(queries, context, context_mask))
+
+
+class SelfAttention(ProjectedAttention):
+    """Multi-head softmax self-attention under SASRec's additive ``[B, 1, N, N]`` mask, post- or pre-LN."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        n_heads: int,
+        hidden_dropout_prob: float,
+        attn_dropout_prob: float,
+        layer_norm_eps: float,
+        norm_first: bool = False,
+    ) -> None:
+        super().__init__(hidden_size, n_heads, hidden_dropout_prob, layer_norm_eps, norm_first)
+        self.attn_dropout_prob = attn_dropout_prob
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, N, H]`` -> ``[B, N, H]``; ``attention_mask`` is added to the scores (0 visible, -10000 hidden)."""
+        normalized = self.normalize(hidden_states)
+        attended = F.scaled_dot_product_attention(
+            *self.project(normalized, normalized),
+            attn_mask=attention_mask,
+            dropout_p=self.attn_dropout_prob if self.training else 0.0,
+        )
+        return self.output(hidden_states, attended)
+
+
+class PreNormTransformerEncoder(nn.Module):
+    """SASRec's Transformer encoder with pre-LN layers (Xiong et al. 2020, as the original SASRec and PyTorch's
+    ``norm_first``): each attention and FFN sub-layer reads LayerNorm of its input and adds its output to that input
+    unnormalised; one LayerNorm ends the stack."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        n_heads: int,
+        hidden_size: int,
+        inner_size: int,
+        hidden_dropout_prob: float,
+        attn_dropout_prob: float,
+        hidden_act: str,
+        layer_norm_eps: float,
+    ) -> None:
+        super().__init__()
+        attention_args = (hidden_size, n_heads, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps, True)
+        ffn_args = (hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps, True)
+        self.attention = nn.ModuleList(SelfAttention(*attention_args) for _ in range(n_layers))
+        self.feed_forward = nn.ModuleList(FusedFeedForward(*ffn_args) for _ in range(n_layers))
+        self.output_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, N, H]`` under the additive ``[B, 1, N, N]`` mask -> the last layer's output ``[B, N, H]``."""
+        for attention, feed_forward in zip(self.attention, self.feed_forward):
+            hidden_states = feed_forward(attention(hidden_states, attention_mask))
+        return self.output_norm(hidden_states)
 
 
 class LinearDispatcherBlock(nn.Module):

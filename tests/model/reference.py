@@ -51,8 +51,10 @@ def softmax_attention(attention, queries, context, context_mask=None):
     return layer_norm(queries + attention.dense(attended), attention.LayerNorm)
 
 
-def feed_forward(ffn, x, activation):
-    """RecBole's position-wise FFN: LayerNorm(x + W2 act(W1 x))."""
+def feed_forward(ffn, x, activation, norm_first=False):
+    """RecBole's position-wise FFN: LayerNorm(x + W2 act(W1 x)); pre-LN: x + W2 act(W1 LayerNorm(x))."""
+    if norm_first:
+        return x + ffn.dense_2(ACTIVATIONS[activation](ffn.dense_1(layer_norm(x, ffn.LayerNorm))))
     return layer_norm(x + ffn.dense_2(ACTIVATIONS[activation](ffn.dense_1(x))), ffn.LayerNorm)
 
 
@@ -228,8 +230,10 @@ def chunked_elastic_all_positions(model, items, activation="gelu"):
     """ChunkedELASTIC's output ``[L, H]`` at every position of one sequence ``items`` (no padding), position by
     position: boundary j's interests from the items before position C j (retrieval from their mean embedding, 0 for
     j = 0; per block, one ordinary softmax of the k queries over the block's input before C j, with the recency
-    bias if the model has one), then position t attends to boundary t // C's interests and its last C items."""
-    chunk, hidden = model.chunk_size, model.hidden_size
+    bias if the model has one), then position t attends to boundary t // C's interests and its last C items.
+    Pre-LN (``norm_first``): every stage reads LayerNorm of its input (the dispatch's for the items, its
+    ``interest_norm`` for the interests) and adds to it unnormalised; the output is LayerNorm of the last block's."""
+    chunk, hidden, pre = model.chunk_size, model.hidden_size, model.norm_first
     x = embed(model, torch.tensor([items]))[0]  # [L H]
     length = len(items)
     interests = []
@@ -245,7 +249,8 @@ def chunked_elastic_all_positions(model, items, activation="gelu"):
         heads = aggregate.n_heads
         d = hidden // heads
         queries = aggregate.query(aggregate.interest_queries)  # [k H]
-        keys, values = dispatch.key(x), dispatch.value(x)  # [L H]: the aggregate reads the dispatch's projections
+        block_input = layer_norm(x, dispatch.LayerNorm) if pre else x
+        keys, values = dispatch.key(block_input), dispatch.value(block_input)  # [L H]: both stages read them
         updated = []
         for j, tokens in enumerate(interests):
             attended = torch.zeros_like(tokens)
@@ -255,16 +260,23 @@ def chunked_elastic_all_positions(model, items, activation="gelu"):
                 if aggregate.recency_slopes is not None:  # - slope * (t - s), t dropped: + slope * s
                     scores = scores + aggregate.recency_slopes[h].unsqueeze(1) * torch.arange(chunk * j)
                 attended[:, part] = torch.softmax(scores, dim=-1) @ values[: chunk * j, part]
-            tokens = layer_norm(tokens + aggregate.dense(attended), aggregate.LayerNorm)
+            tokens = tokens + aggregate.dense(attended)
+            tokens = tokens if pre else layer_norm(tokens, aggregate.LayerNorm)
             if not isinstance(block.aggregate_ffn, torch.nn.Identity):
-                tokens = feed_forward(block.aggregate_ffn, tokens, activation)
+                tokens = feed_forward(block.aggregate_ffn, tokens, activation, pre)
             updated.append(tokens)
         interests = updated
         outputs = []
         for t in range(length):
             context = interests[t // chunk]
+            if pre:
+                context = layer_norm(context, dispatch.interest_norm)
             if dispatch.local:
-                context = torch.cat([context, x[max(0, t - chunk + 1) : t + 1]])
-            outputs.append(softmax_attention(dispatch, x[t].view(1, 1, -1), context.unsqueeze(0))[0, 0])
-        x = feed_forward(block.dispatch_ffn, torch.stack(outputs), activation)
-    return x
+                context = torch.cat([context, block_input[max(0, t - chunk + 1) : t + 1]])
+            if pre:
+                attended = attention_heads(dispatch, block_input[t].view(1, 1, -1), context.unsqueeze(0))
+                outputs.append(x[t] + dispatch.dense(attended)[0, 0])
+            else:
+                outputs.append(softmax_attention(dispatch, x[t].view(1, 1, -1), context.unsqueeze(0))[0, 0])
+        x = feed_forward(block.dispatch_ffn, torch.stack(outputs), activation, pre)
+    return layer_norm(x, model.output_norm) if pre else x

@@ -5,8 +5,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from recbole.data.interaction import Interaction
+from recbole.model.layers import TransformerEncoder
 
 from recbole_elastic.model import CausalELASTIC, CausalLinRec, CausalSASRec, ChunkedELASTIC
 from recbole_elastic.model.all_positions import DEFAULT_INFERENCE_CHUNK_POSITIONS
@@ -15,7 +17,8 @@ from recbole_elastic.utils import get_model
 from recbole_elastic.windows import cut_to_longest
 
 from tests.helpers import PADDING_SEQUENCES as SEQUENCES
-from tests.helpers import assert_rejects_hyperparameter, build_model, padded_batch
+from tests.helpers import assert_rejects_hyperparameter, build_model, padded_batch, randomise_biases_and_gains
+from tests.model import reference
 
 CAUSAL_MODELS = [CausalELASTIC, CausalSASRec, CausalLinRec, ChunkedELASTIC]
 WIDTH = 10
@@ -180,9 +183,56 @@ def test_causal_sasrec_with_sasrec_weights_is_recbole_sasrec(overrides, training
         assert torch.allclose(causal.full_sort_predict(batch), sasrec.full_sort_predict(batch), atol=1e-6)
 
 
+def test_pre_ln_causal_sasrec_is_pytorchs_norm_first_encoder_then_a_layernorm():
+    torch.manual_seed(0)
+    model = randomise_biases_and_gains(build_model(CausalSASRec, max_len=WIDTH, norm_first=True, **NOT_THE_DEFAULTS))
+    encoder = model.trm_encoder
+    layers = []
+    for attention, ffn in zip(encoder.attention, encoder.feed_forward):
+        layer = nn.TransformerEncoderLayer(
+            16, 4, 24, dropout=0.0, activation="relu", layer_norm_eps=0.1, batch_first=True, norm_first=True
+        )
+        projections = (attention.query, attention.key, attention.value)
+        pairs = [
+            (layer.self_attn.out_proj, attention.dense),
+            (layer.linear1, ffn.dense_1),
+            (layer.linear2, ffn.dense_2),
+            (layer.norm1, attention.LayerNorm),
+            (layer.norm2, ffn.LayerNorm),
+        ]
+        with torch.no_grad():
+            layer.self_attn.in_proj_weight.copy_(torch.cat([p.weight for p in projections]))
+            layer.self_attn.in_proj_bias.copy_(torch.cat([p.bias for p in projections]))
+            for theirs, ours in pairs:
+                theirs.weight.copy_(ours.weight)
+                theirs.bias.copy_(ours.bias)
+        layers.append(layer.eval())
+    batch = padded_batch(SEQUENCES, WIDTH)
+    items = batch["item_id_list"]
+    future = torch.ones(WIDTH, WIDTH, dtype=torch.bool).triu(1)  # True: hidden
+    with torch.no_grad():
+        x = reference.embed(model, items)
+        for layer in layers:
+            x = layer(x, src_mask=future, src_key_padding_mask=items == 0)
+        expected = F.layer_norm(x, (16,), encoder.output_norm.weight, encoder.output_norm.bias, 0.1)
+        every = model.forward_all_positions(items, batch["item_length"])
+    for row, items_of_row in enumerate(SEQUENCES):
+        real = len(items_of_row)
+        assert torch.allclose(every[row, :real], expected[row, :real], atol=1e-5), row
+
+
+def test_a_checkpoint_without_norm_first_is_post_ln():
+    model = build_model(CausalSASRec, max_len=WIDTH, norm_first=None)
+    assert isinstance(model.trm_encoder, TransformerEncoder)
+
+
 @pytest.mark.parametrize(
     "key, value, allowed",
-    [("n_heads", 0, "an integer >= 1"), ("hidden_act", "mish", "one of ['gelu', 'relu', 'swish', 'tanh', 'sigmoid']")],
+    [
+        ("n_heads", 0, "an integer >= 1"),
+        ("hidden_act", "mish", "one of ['gelu', 'relu', 'swish', 'tanh', 'sigmoid']"),
+        ("norm_first", 1, "True or False"),
+    ],
 )
 def test_bad_hyperparameter_names_causal_sasrec_and_the_key(key, value, allowed):
     assert_rejects_hyperparameter(CausalSASRec, {key: value}, key, allowed)

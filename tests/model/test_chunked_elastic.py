@@ -41,6 +41,9 @@ def randomised(model):
         {"interest_chunk_size": 3, "use_interest_memory": False},
         {"interest_chunk_size": 3, "causal_recency_bias": True},
         {"interest_chunk_size": 4, "interest_ffn": False, "memory_query_norm": "none"},
+        {"interest_chunk_size": 3, "norm_first": True},
+        {"interest_chunk_size": 4, "norm_first": True, "interest_ffn": False, "causal_recency_bias": True},
+        {"interest_chunk_size": 3, "norm_first": True, "local_attention": False, "use_interest_memory": False},
     ],
 )
 def test_every_position_equals_the_direct_computation(settings):
@@ -134,6 +137,7 @@ def test_no_tensor_holds_k_interest_states_per_position():
         ("interest_chunk_size", 0, "an integer >= 1"),
         ("local_attention", "yes", "True or False"),
         ("interest_ffn", 1, "True or False"),
+        ("norm_first", "yes", "True or False"),
         (
             "memory_query_norm",
             "batch",
@@ -155,6 +159,8 @@ def test_bad_hyperparameter_names_chunked_elastic_and_the_key(key, value, allowe
         {"interest_chunk_size": 4, "causal_recency_bias": True},
         {"interest_chunk_size": 3, "use_interest_memory": False, "local_attention": False},
         {"interest_chunk_size": 1},
+        {"interest_chunk_size": 3, "norm_first": True},
+        {"interest_chunk_size": 4, "norm_first": True, "local_attention": False},
     ],
 )
 def test_streaming_equals_the_full_pass_within_and_past_the_position_table(settings):
