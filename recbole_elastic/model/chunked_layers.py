@@ -250,8 +250,7 @@ class LocalDispatch(CrossAttention):
         if self.local:
             context, mask = torch.cat([context, self.normalize(recent)], 1), torch.cat([mask, recent_mask], 1)
         # One query over [interests | recent items]: plain cross-attention (streaming is inference: no dropout).
-        query = item.unsqueeze(1)  # [B 1 H]
-        return self.output(query, self.attend(self.normalize(query), context, mask)).squeeze(1)
+        return super().forward(item.unsqueeze(1), context, mask).squeeze(1)
 
 
 class ChunkedDispatcherBlock(nn.Module):

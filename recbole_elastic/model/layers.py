@@ -102,7 +102,7 @@ class ProjectedAttention(nn.Module):
 
 
 class CrossAttention(ProjectedAttention):
-    """Multi-head softmax attention of ``queries`` over a separate ``context`` (post-LN, as SASRec).
+    """Multi-head softmax attention of ``queries`` over a separate ``context`` (post-LN as SASRec, or pre-LN).
 
     Attention runs through ``torch.nn.functional.scaled_dot_product_attention``; padding is a
     ``[B, 1, 1, N_context]`` boolean mask, so no query-by-context mask is ever materialised.
@@ -136,8 +136,8 @@ class CrossAttention(ProjectedAttention):
         self, queries: torch.Tensor, context: torch.Tensor, context_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         """queries ``[B, Q, H]`` attend to context ``[B, C, H]``; ``context_mask`` ``[B, C]`` is True where valid.
-        Post-LN: a pre-LN subclass normalises its context itself and calls :meth:`attend`."""
-        return self.output(queries, self.attend(queries, context, context_mask))
+        The context is read as given: pre-LN, the caller passes it normalised."""
+        return self.output(queries, self.attend(self.normalize(queries), context, context_mask))
 
 
 class SelfAttention(ProjectedAttention):
