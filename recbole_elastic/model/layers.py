@@ -121,11 +121,11 @@ class CrossAttention(ProjectedAttention):
         self.attn_dropout_prob = attn_dropout_prob
 
     def attend(
-        self, queries: torch.Tensor, context: torch.Tensor, context_mask: Optional[torch.Tensor] = None
+        self, queries: torch.Tensor, context: torch.Tensor, attn_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         """The per-head attention ``[B, heads, Q, d]`` of queries ``[B, Q, H]`` over context ``[B, C, H]`` (both as
-        the projections read them); ``context_mask`` ``[B, C]`` is True where valid."""
-        attn_mask = None if context_mask is None else context_mask[:, None, None, :]
+        the projections read them) under ``attn_mask`` (any mask ``scaled_dot_product_attention`` takes, e.g.
+        SASRec's additive ``[B, 1, Q, C]``)."""
         return F.scaled_dot_product_attention(
             *self.project(queries, context),
             attn_mask=attn_mask,
@@ -137,33 +137,8 @@ class CrossAttention(ProjectedAttention):
     ) -> torch.Tensor:
         """queries ``[B, Q, H]`` attend to context ``[B, C, H]``; ``context_mask`` ``[B, C]`` is True where valid.
         The context is read as given: pre-LN, the caller passes it normalised."""
-        return self.output(queries, self.attend(self.normalize(queries), context, context_mask))
-
-
-class SelfAttention(ProjectedAttention):
-    """Multi-head softmax self-attention under SASRec's additive ``[B, 1, N, N]`` mask, post- or pre-LN."""
-
-    def __init__(
-        self,
-        hidden_size: int,
-        n_heads: int,
-        hidden_dropout_prob: float,
-        attn_dropout_prob: float,
-        layer_norm_eps: float,
-        norm_first: bool = False,
-    ) -> None:
-        super().__init__(hidden_size, n_heads, hidden_dropout_prob, layer_norm_eps, norm_first)
-        self.attn_dropout_prob = attn_dropout_prob
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``[B, N, H]`` -> ``[B, N, H]``; ``attention_mask`` is added to the scores (0 visible, -10000 hidden)."""
-        normalized = self.normalize(hidden_states)
-        attended = F.scaled_dot_product_attention(
-            *self.project(normalized, normalized),
-            attn_mask=attention_mask,
-            dropout_p=self.attn_dropout_prob if self.training else 0.0,
-        )
-        return self.output(hidden_states, attended)
+        attn_mask = None if context_mask is None else context_mask[:, None, None, :]
+        return self.output(queries, self.attend(self.normalize(queries), context, attn_mask))
 
 
 class PreNormTransformerEncoder(nn.Module):
@@ -185,14 +160,16 @@ class PreNormTransformerEncoder(nn.Module):
         super().__init__()
         attention_args = (hidden_size, n_heads, hidden_dropout_prob, attn_dropout_prob, layer_norm_eps, True)
         ffn_args = (hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps, True)
-        self.attention = nn.ModuleList(SelfAttention(*attention_args) for _ in range(n_layers))
+        self.attention = nn.ModuleList(CrossAttention(*attention_args) for _ in range(n_layers))
         self.feed_forward = nn.ModuleList(FusedFeedForward(*ffn_args) for _ in range(n_layers))
         self.output_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``[B, N, H]`` under the additive ``[B, 1, N, N]`` mask -> the last layer's output ``[B, N, H]``."""
         for attention, feed_forward in zip(self.attention, self.feed_forward):
-            hidden_states = feed_forward(attention(hidden_states, attention_mask))
+            normalized = attention.normalize(hidden_states)  # self-attention: queries and context alike
+            attended = attention.attend(normalized, normalized, attention_mask)
+            hidden_states = feed_forward(attention.output(hidden_states, attended))
         return self.output_norm(hidden_states)
 
 
