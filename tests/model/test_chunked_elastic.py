@@ -106,11 +106,15 @@ def test_chunk_prefix_softmax_is_stable_and_differentiable_with_large_scores_and
     assert torch.isfinite(scores.grad).all() and torch.isfinite(values.grad).all()
 
 
-def test_training_reaches_every_parameter_and_the_interest_memory_sparsely():
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_training_reaches_every_parameter_and_the_interest_memory_sparsely(norm_first):
     torch.manual_seed(0)
-    model = build_model(ChunkedELASTIC, max_len=10, interest_chunk_size=3, causal_recency_bias=True).train()
+    model = build_model(
+        ChunkedELASTIC, max_len=10, interest_chunk_size=3, causal_recency_bias=True, norm_first=norm_first
+    ).train()
     batch = padded_batch(SEQUENCES, 10)
-    model.forward_all_positions(batch["item_id_list"], batch["item_length"]).sum().backward()
+    output = model.forward_all_positions(batch["item_id_list"], batch["item_length"])
+    (output * torch.randn_like(output)).sum().backward()  # a plain sum of a LayerNorm's output has no gradient
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None, name
         if name == "interest_memory.values.weight":

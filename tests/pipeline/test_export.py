@@ -38,6 +38,7 @@ MODELS = {
     "CausalELASTIC-running-norm": (lambda: CausalELASTIC, {**CAUSAL, "memory_query_norm": "running"}),
     "CausalSASRec": (lambda: CausalSASRec, {}),
     "CausalSASRec-cosine": (lambda: CausalSASRec, {"score_temperature": 0.05}),
+    "CausalSASRec-pre-LN": (lambda: CausalSASRec, {"norm_first": True}),
     "CausalLinRec": (lambda: CausalLinRec, {"causal_chunk_size": 5}),
     "SASRec": (sasrec_class, {}),
 }
