@@ -13,8 +13,8 @@ on one window per sample with a loss at every position, as the original SASRec d
 with CausalELASTIC under the same scheme. Without it, it is RecBole's SASRec.
 
 With ``norm_first`` the layers are pre-LN instead (``layers.PreNormTransformerEncoder``: each sub-layer reads
-LayerNorm of its input and adds to it, one LayerNorm after the last layer; the original SASRec's arrangement, and
-PyTorch's ``norm_first``). Its parameter names then differ from RecBole's SASRec.
+LayerNorm of its input and adds to it, one LayerNorm after the last layer: Xiong et al. 2020, PyTorch's
+``norm_first``). Its parameter names then differ from RecBole's SASRec.
 
 Softmax self-attention builds a ``[B, heads, N, N]`` score tensor: this is the quadratic baseline.
 """

@@ -142,9 +142,10 @@ class CrossAttention(ProjectedAttention):
 
 
 class PreNormTransformerEncoder(nn.Module):
-    """SASRec's Transformer encoder with pre-LN layers (Xiong et al. 2020, as the original SASRec and PyTorch's
-    ``norm_first``): each attention and FFN sub-layer reads LayerNorm of its input and adds its output to that input
-    unnormalised; one LayerNorm ends the stack."""
+    """SASRec's Transformer encoder with pre-LN layers (Xiong et al. 2020; PyTorch's ``norm_first``): each attention
+    and FFN sub-layer reads LayerNorm of its input and adds its output to that input unnormalised; one LayerNorm
+    ends the stack. (The original SASRec also normalises first, but reads unnormalised keys and adds the residual to
+    the normalised input.)"""
 
     def __init__(
         self,

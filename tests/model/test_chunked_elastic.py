@@ -59,6 +59,15 @@ def test_every_position_equals_the_direct_computation(settings):
             assert torch.allclose(readout[row], expected[-1], atol=1e-5), row  # the readout is the last position
 
 
+def test_a_checkpoint_without_norm_first_is_post_ln():
+    torch.manual_seed(0)
+    unset = randomised(build_model(ChunkedELASTIC, max_len=10, interest_chunk_size=3, norm_first=None))
+    torch.manual_seed(0)
+    post = randomised(build_model(ChunkedELASTIC, max_len=10, interest_chunk_size=3, norm_first=False))
+    assert unset.state_dict().keys() == post.state_dict().keys()
+    assert torch.equal(all_positions(unset, SEQUENCES, 10), all_positions(post, SEQUENCES, 10))
+
+
 @pytest.mark.parametrize("chunk_size", [2, 3, 4, 7])
 def test_position_t_equals_the_history_truncated_at_t_with_and_without_padding(chunk_size):
     # the window (10) is no multiple of most chunk sizes: the last chunk is padded inside the model
@@ -164,7 +173,7 @@ def test_bad_hyperparameter_names_chunked_elastic_and_the_key(key, value, allowe
         {"interest_chunk_size": 3, "use_interest_memory": False, "local_attention": False},
         {"interest_chunk_size": 1},
         {"interest_chunk_size": 3, "norm_first": True},
-        {"interest_chunk_size": 4, "norm_first": True, "local_attention": False},
+        {"interest_chunk_size": 4, "norm_first": True, "local_attention": False, "interest_ffn": False},
     ],
 )
 def test_streaming_equals_the_full_pass_within_and_past_the_position_table(settings):
