@@ -205,16 +205,17 @@ class LocalDispatch(CrossAttention):
         sequence: torch.Tensor,
         interests: torch.Tensor,
         sequence_mask: torch.Tensor,
+        item_query: torch.Tensor,
         item_key: torch.Tensor,
         item_value: torch.Tensor,
     ) -> torch.Tensor:
-        """sequence ``[B, P, H]``, each chunk's interests ``[B, n, k, H]``, ``sequence_mask`` ``[B, P]``, the
-        sequence's keys and values ``[B, P, H]`` (``self.key``/``self.value`` of ``self.normalize(sequence)``) ->
-        the attended sequence."""
+        """sequence ``[B, P, H]`` (the residual), each chunk's interests ``[B, n, k, H]``, ``sequence_mask``
+        ``[B, P]``, the sequence's queries, keys and values ``[B, P, H]`` (``self.query``/``key``/``value`` of
+        ``self.normalize(sequence)``) -> the attended sequence."""
         batch, padded, hidden = sequence.shape
         n_chunks, n_interests, chunk = interests.size(1), interests.size(2), self.chunk_size
         heads, head_size = self.n_heads, self.head_size
-        query = self.query(self.normalize(sequence)).view(batch * n_chunks, chunk, heads, head_size).transpose(1, 2)
+        query = item_query.view(batch * n_chunks, chunk, heads, head_size).transpose(1, 2)
         interests = self.interest_norm(interests)
         key = self.key(interests).view(batch * n_chunks, n_interests, heads, head_size)
         value = self.value(interests).view(batch * n_chunks, n_interests, heads, head_size)
@@ -296,12 +297,15 @@ class ChunkedDispatcherBlock(nn.Module):
         self, sequence: torch.Tensor, interests: torch.Tensor, sequence_mask: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """sequence ``[B, P, H]``, interests ``[B, n, k, H]``, ``sequence_mask`` ``[B, P]`` -> both updated."""
-        block_input = self.dispatch.normalize(sequence)  # what both stages read
-        item_key, item_value = self.dispatch.key(block_input), self.dispatch.value(block_input)  # [B P H]
-        heads = self.dispatch.split_heads
-        interests = self.aggregate(interests, heads(item_key), heads(item_value), sequence_mask)
+        dispatch = self.dispatch
+        block_input = dispatch.normalize(sequence)  # what both stages read, projected once
+        item_key, item_value = dispatch.key(block_input), dispatch.value(block_input)  # [B P H]
+        interests = self.aggregate(
+            interests, dispatch.split_heads(item_key), dispatch.split_heads(item_value), sequence_mask
+        )
         interests = self.aggregate_ffn(interests)
-        sequence = self.dispatch_ffn(self.dispatch(sequence, interests, sequence_mask, item_key, item_value))
+        attended = dispatch(sequence, interests, sequence_mask, dispatch.query(block_input), item_key, item_value)
+        sequence = self.dispatch_ffn(attended)
         return sequence, interests
 
     def step(
