@@ -112,6 +112,7 @@ def test_the_own_dataset_recipes_run_on_a_long_history_dataset(tmp_path, monkeyp
     # the fast scheme (every position of each window) at a long N, with the recommended settings and the protocol
     assert trained["model"] == "ChunkedELASTIC" and trained["train_all_positions"] is True
     assert trained["MAX_ITEM_LIST_LENGTH"] == 200 and trained["learning_rate"] == 0.002
+    assert trained["warmup_steps"] == 500
     assert trained["valid_metric"] == "NDCG@10" and trained["eval_args"]["split"] == {"LS": "valid_and_test"}
 
 
