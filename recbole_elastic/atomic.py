@@ -1,9 +1,11 @@
-"""Atomic file writes (readers never see half a file: checkpoints, results, rank exchange files) and file names
-claimed atomically (two processes never get the same one)."""
+"""Atomic file writes (readers never see half a file: checkpoints, results, rank exchange files), file names
+claimed atomically (two processes never get the same one), and their cleanup when the process is killed."""
 
 import contextlib
 import itertools
 import os
+import signal
+import threading
 from typing import Iterator
 
 
@@ -45,3 +47,25 @@ def claim_new_file(stem: str, suffix: str) -> str:
         except FileExistsError:
             continue
         return path
+
+
+@contextlib.contextmanager
+def cleanup_on_sigterm() -> Iterator[None]:
+    """Within this block, ``kill`` (SIGTERM) ends the process as Ctrl-C does: by an exception (``SystemExit(143)``).
+
+    Python's default for SIGTERM exits at once without running ``finally`` blocks, so a run killed mid-save left
+    a ``*.partial`` file and a run killed before its first save an empty claimed checkpoint name. Signal handlers
+    can only be set in the main thread; elsewhere the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from recbole_elastic import compat
+from recbole_elastic.atomic import cleanup_on_sigterm
 from recbole_elastic.config import (
     changed_on_resume,
     check_config_keys,
@@ -117,7 +118,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     compat.apply()
     try:
-        return dispatch(args, overrides)
+        with cleanup_on_sigterm():
+            return dispatch(args, overrides)
     except ElasticError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

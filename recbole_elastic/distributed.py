@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 
-from recbole_elastic.atomic import atomic_path
+from recbole_elastic.atomic import atomic_path, cleanup_on_sigterm
 from recbole_elastic.config import build_config, run_settings
 from recbole_elastic.data import ensure_dataset
 from recbole_elastic.errors import ConfigError, ElasticError
@@ -101,24 +101,25 @@ def _rank_main(
     """One spawned process: ``quick_start.run`` with this rank's layout, then leave the process group."""
     if threads:
         torch.set_num_threads(threads)
-    try:
-        result = run(
-            model=model,
-            dataset=dataset,
-            config_file_list=config_file_list,
-            config_dict=run_settings(model, config_dict, process={**layout, "local_rank": local_rank}),
-            saved=saved,
-            checkpoint=checkpoint,
-        )
-        if dist.get_rank() == 0:
-            _write_pickle(os.path.join(exchange, "result.pkl"), result)
-    except ElasticError as error:
-        # The parent re-raises it, so the CLI prints the message as for a one-process run.
-        _write_pickle(os.path.join(exchange, f"error-{local_rank}.pkl"), error)
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    with cleanup_on_sigterm():  # a killed rank 0 removes its half-written checkpoint
+        try:
+            result = run(
+                model=model,
+                dataset=dataset,
+                config_file_list=config_file_list,
+                config_dict=run_settings(model, config_dict, process={**layout, "local_rank": local_rank}),
+                saved=saved,
+                checkpoint=checkpoint,
+            )
+            if dist.get_rank() == 0:
+                _write_pickle(os.path.join(exchange, "result.pkl"), result)
+        except ElasticError as error:
+            # The parent re-raises it, so the CLI prints the message as for a one-process run.
+            _write_pickle(os.path.join(exchange, f"error-{local_rank}.pkl"), error)
+            raise
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def _write_pickle(path: str, obj: Any) -> None:

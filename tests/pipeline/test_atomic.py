@@ -1,10 +1,16 @@
 """Atomic writes: a crash mid-write leaves the previous file; claimed names are never shared."""
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from recbole_elastic.atomic import atomic_path, atomic_write, claim_new_file
+
+from tests.helpers import REPO_ROOT, cli_args, write_tiny_dataset
 
 
 def test_atomic_path_replaces_only_after_a_complete_write(tmp_path):
@@ -30,3 +36,66 @@ def test_claim_new_file_creates_the_first_free_name(tmp_path):
     assert [os.path.basename(path) for path in claimed] == ["run.pth", "run-2.pth", "run-3.pth"]
     assert all(os.path.getsize(path) == 0 for path in claimed)
     assert (tmp_path / "run-1.pth").read_text() == "another run's"
+
+
+# Killed (SIGTERM) mid-write in a fresh interpreter, since Python's default for SIGTERM would end pytest itself.
+KILLED_MID_WRITE = """
+import os, signal, sys, time
+from recbole_elastic.atomic import atomic_path, cleanup_on_sigterm
+before = signal.getsignal(signal.SIGTERM)
+try:
+    with cleanup_on_sigterm(), atomic_path(sys.argv[1]) as temporary, open(temporary, "w") as f:
+        f.write("half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)  # the signal's exception ends this
+finally:
+    print("handler restored", signal.getsignal(signal.SIGTERM) is before)
+"""
+
+
+def test_a_write_killed_midway_leaves_the_previous_file_and_no_partial_one(tmp_path):
+    target = tmp_path / "model.pth"
+    target.write_text("the last complete checkpoint")
+    process = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_WRITE, str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": REPO_ROOT},
+    )
+    assert process.returncode == 128 + signal.SIGTERM, process.stderr[-2000:]
+    assert "handler restored True" in process.stdout
+    assert "Traceback" not in process.stderr
+    assert os.listdir(tmp_path) == ["model.pth"]
+    assert target.read_text() == "the last complete checkpoint"
+
+
+def test_a_run_killed_before_its_first_save_leaves_no_empty_checkpoint_name(tmp_path):
+    """The CLI claims its checkpoint name (an empty file) when training starts; killed before anything is saved,
+    it removes the claim instead of leaving an empty ``.pth`` that looks like a checkpoint."""
+    data_path = write_tiny_dataset(str(tmp_path))
+    saved = os.path.join(data_path, "saved")
+    # eval_step beyond the epochs: no validation, so nothing is saved until training ends, long after the kill.
+    args = cli_args(data_path, model="CausalSASRec", epochs=200, eval_step=1000)
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(REPO_ROOT, "run_recbole_elastic.py"), *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": REPO_ROOT},
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (os.path.isdir(saved) and os.listdir(saved)):
+            assert process.poll() is None and time.monotonic() < deadline, "training never claimed a checkpoint"
+            time.sleep(0.02)
+        (claimed,) = os.listdir(saved)
+        assert os.path.getsize(os.path.join(saved, claimed)) == 0  # killed while the claim is still empty
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert os.listdir(saved) == []
