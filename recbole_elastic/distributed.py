@@ -77,12 +77,13 @@ def run_distributed(
     exchange = tempfile.mkdtemp(prefix="recbole-elastic-ranks-")
     try:
         try:
-            torch.multiprocessing.spawn(
+            ranks = torch.multiprocessing.spawn(
                 _rank_main,
                 args=(model, dataset, config_file_list, config_dict, layout, saved, checkpoint, exchange, threads),
                 nprocs=nproc,
-                join=True,
+                join=False,
             )
+            _join_ranks(ranks)
         except torch.multiprocessing.ProcessRaisedException:
             _raise_rank_error(exchange)
             raise
@@ -93,6 +94,21 @@ def run_distributed(
             return pickle.load(f)
     finally:
         shutil.rmtree(exchange, ignore_errors=True)
+
+
+def _join_ranks(ranks: torch.multiprocessing.ProcessContext) -> None:
+    """Wait for the ranks to finish. If this process is stopped first (Ctrl-C, or ``kill``, which the CLI turns
+    into ``SystemExit``), stop them and wait for their cleanup: torch would leave them to die without it."""
+    try:
+        while not ranks.join():
+            pass
+    except (KeyboardInterrupt, SystemExit):
+        for process in ranks.processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: the rank's cleanup_on_sigterm runs its finally blocks
+        for process in ranks.processes:
+            process.join()
+        raise
 
 
 def _rank_main(

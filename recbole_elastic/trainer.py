@@ -225,13 +225,18 @@ class RecordingMixin:
         never improves on it; the file resumed from is never written.
         """
         super().resume_checkpoint(resume_file)
-        self.claim_checkpoint_file()  # RecBole points saved_model_file at the file resumed from: this run's own
-        self._save_checkpoint(self.start_epoch - 1, verbose=False)
+        try:
+            self.claim_checkpoint_file()  # RecBole points saved_model_file at the file resumed from: this run's own
+            self._save_checkpoint(self.start_epoch - 1, verbose=False)
+        except BaseException:
+            self._release_unwritten_checkpoint()
+            raise
         self._resumed = True
 
     def fit(self, train_data, valid_data=None, *args, **kwargs):
-        self.claim_checkpoint_file()
         try:
+            # Inside the try: under DDP the claim ends in a collective, where a kill or a lost rank raises.
+            self.claim_checkpoint_file()
             self._measure_restored_best(valid_data)
             result = super().fit(train_data, valid_data, *args, **kwargs)
         finally:

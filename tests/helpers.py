@@ -4,9 +4,11 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
-from typing import Any, Dict, List
+import time
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -174,6 +176,34 @@ def cli_args(data_path: str, dataset: str = "tiny", **extra) -> List[str]:
     config.pop("load_col")
     args = [f"--dataset={dataset}", *(f"--{key}={value}" for key, value in config.items())]
     return args + ["--load_col={'inter': ['user_id', 'item_id', 'timestamp']}"]
+
+
+def kill_once_training_starts(args: List[str], data_path: str) -> Tuple[int, str]:
+    """Start ``run_recbole_elastic.py args`` (training on ``data_path`` for far longer than the test waits, with no
+    checkpoint saved before the end), send SIGTERM to that process alone as soon as training has claimed its
+    checkpoint name (an empty file in ``data_path/saved``), and return its exit status and stderr."""
+    saved = os.path.join(data_path, "saved")
+    args = [*args, "--epochs=200", "--eval_step=1000"]  # no validation, so no checkpoint until epoch 200
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(REPO_ROOT, "run_recbole_elastic.py"), *args],
+        cwd=os.path.dirname(data_path.rstrip(os.sep)) or ".",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": REPO_ROOT},
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (os.path.isdir(saved) and os.listdir(saved)):
+            assert process.poll() is None and time.monotonic() < deadline, "training never claimed a checkpoint"
+            time.sleep(0.02)
+        (claimed,) = os.listdir(saved)
+        assert os.path.getsize(os.path.join(saved, claimed)) == 0  # killed while the claim is still empty
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return process.returncode, stderr
 
 
 def run_cli_expecting_error(capsys, args: List[str]) -> str:

@@ -4,13 +4,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from recbole_elastic.atomic import atomic_path, atomic_write, claim_new_file
 
-from tests.helpers import REPO_ROOT, cli_args, write_tiny_dataset
+from tests.helpers import REPO_ROOT, cli_args, kill_once_training_starts, write_tiny_dataset
 
 
 def test_atomic_path_replaces_only_after_a_complete_write(tmp_path):
@@ -75,27 +74,6 @@ def test_a_run_killed_before_its_first_save_leaves_no_empty_checkpoint_name(tmp_
     """The CLI claims its checkpoint name (an empty file) when training starts; killed before anything is saved,
     it removes the claim instead of leaving an empty ``.pth`` that looks like a checkpoint."""
     data_path = write_tiny_dataset(str(tmp_path))
-    saved = os.path.join(data_path, "saved")
-    # eval_step beyond the epochs: no validation, so nothing is saved until training ends, long after the kill.
-    args = cli_args(data_path, model="CausalSASRec", epochs=200, eval_step=1000)
-    process = subprocess.Popen(
-        [sys.executable, os.path.join(REPO_ROOT, "run_recbole_elastic.py"), *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": REPO_ROOT},
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while not (os.path.isdir(saved) and os.listdir(saved)):
-            assert process.poll() is None and time.monotonic() < deadline, "training never claimed a checkpoint"
-            time.sleep(0.02)
-        (claimed,) = os.listdir(saved)
-        assert os.path.getsize(os.path.join(saved, claimed)) == 0  # killed while the claim is still empty
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-    assert os.listdir(saved) == []
+    returncode, stderr = kill_once_training_starts(cli_args(data_path, model="CausalSASRec"), data_path)
+    assert returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert os.listdir(os.path.join(data_path, "saved")) == []

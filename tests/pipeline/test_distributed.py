@@ -1,5 +1,7 @@
 """Two-process DDP training of ELASTIC on CPU (gloo), through RecBole's distributed mechanism."""
 
+import os
+import signal
 import socket
 
 import pytest
@@ -12,7 +14,13 @@ from recbole_elastic.distributed import run_distributed
 from recbole_elastic.errors import ConfigError, DatasetFormatError
 from recbole_elastic.quick_start import load_data_and_model
 
-from tests.helpers import assert_metrics_match_the_checkpoint, tiny_run_config, write_tiny_dataset
+from tests.helpers import (
+    assert_metrics_match_the_checkpoint,
+    cli_args,
+    kill_once_training_starts,
+    tiny_run_config,
+    write_tiny_dataset,
+)
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -96,3 +104,13 @@ def test_ranks_must_fit_in_world_size(tiny_data):
         run_distributed(
             "ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data), nproc=2, world_size=2, group_offset=1
         )
+
+
+def test_killing_the_launcher_stops_the_ranks_and_their_cleanup_runs(tmp_path):
+    """SIGTERM to the launching process alone (as ``kill PID`` sends it): the ranks are stopped too, not left
+    training, and rank 0 removes its empty checkpoint claim before the launcher exits."""
+    data_path = write_tiny_dataset(str(tmp_path / "data"))
+    args = cli_args(data_path, model="CausalSASRec") + ["--nproc=2", f"--port={free_port()}"]
+    returncode, stderr = kill_once_training_starts(args, data_path)
+    assert returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert os.listdir(os.path.join(data_path, "saved")) == []

@@ -85,6 +85,32 @@ def test_a_run_that_saves_nothing_leaves_no_file(tiny_data):
     assert os.listdir(config["checkpoint_dir"]) == []
 
 
+def test_a_claim_interrupted_before_training_leaves_no_file(tiny_data, monkeypatch):
+    """Under DDP the claim ends in a broadcast, where a killed process or a lost rank raises after the name is
+    created; the same for resuming, whose first save can fail. Either way the empty claim is given back."""
+    config = build_config("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data))
+    _, train_data, valid_data, _, model = build_data_and_model(config)
+    trainer = get_trainer(config)(config, model)
+    claim = type(trainer).claim_checkpoint_file
+
+    def claim_then_lose_a_rank(self):
+        claim(self)
+        assert os.listdir(config["checkpoint_dir"])  # the name was created
+        raise RuntimeError("a rank was lost during the broadcast")
+
+    monkeypatch.setattr(type(trainer), "claim_checkpoint_file", claim_then_lose_a_rank)
+    with pytest.raises(RuntimeError, match="rank was lost"):
+        trainer.fit(train_data, valid_data)
+    assert os.listdir(config["checkpoint_dir"]) == []
+    monkeypatch.undo()
+    first = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, epochs=1))["model_file"]
+    trainer = get_trainer(config)(config, model)
+    monkeypatch.setattr(type(trainer), "_save_checkpoint", lambda *args, **kwargs: 1 / 0)  # a full disk, say
+    with pytest.raises(ZeroDivisionError):
+        trainer.resume_checkpoint(first)
+    assert os.listdir(config["checkpoint_dir"]) == [os.path.basename(first)]
+
+
 def state_digest(state_dict) -> str:
     digest = hashlib.sha256()
     for name, tensor in state_dict.items():
