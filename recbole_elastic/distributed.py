@@ -12,6 +12,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import time
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -96,6 +97,9 @@ def run_distributed(
         shutil.rmtree(exchange, ignore_errors=True)
 
 
+RANK_CLEANUP_SECONDS = 30  # a rank stuck in a collective with a rank already gone gets no longer to clean up
+
+
 def _join_ranks(ranks: torch.multiprocessing.ProcessContext) -> None:
     """Wait for the ranks to finish. If this process is stopped first (Ctrl-C, or ``kill``, which the CLI turns
     into ``SystemExit``), stop them and wait for their cleanup: torch would leave them to die without it."""
@@ -106,8 +110,12 @@ def _join_ranks(ranks: torch.multiprocessing.ProcessContext) -> None:
         for process in ranks.processes:
             if process.is_alive():
                 process.terminate()  # SIGTERM: the rank's cleanup_on_sigterm runs its finally blocks
+        deadline = time.monotonic() + RANK_CLEANUP_SECONDS
         for process in ranks.processes:
-            process.join()
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
         raise
 
 

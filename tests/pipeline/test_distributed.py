@@ -1,14 +1,17 @@
 """Two-process DDP training of ELASTIC on CPU (gloo), through RecBole's distributed mechanism."""
 
+import multiprocessing
 import os
 import signal
 import socket
+import time
 
 import pytest
 import torch
 
 from recbole.utils import get_trainer
 
+from recbole_elastic import distributed
 from recbole_elastic.compat import load_checkpoint
 from recbole_elastic.distributed import run_distributed
 from recbole_elastic.errors import ConfigError, DatasetFormatError
@@ -114,3 +117,35 @@ def test_killing_the_launcher_stops_the_ranks_and_their_cleanup_runs(tmp_path):
     returncode, stderr = kill_once_training_starts(args, data_path)
     assert returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert os.listdir(os.path.join(data_path, "saved")) == []
+
+
+def ignore_sigterm_and_sleep(ready) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ready.set()
+    time.sleep(600)
+
+
+def test_a_rank_that_does_not_stop_is_killed_after_the_cleanup_time(monkeypatch):
+    """A rank that cannot act on SIGTERM (stuck in a collective with a rank already gone) is killed once the
+    cleanup time is over, so stopping the launcher never hangs."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    stuck = context.Process(target=ignore_sigterm_and_sleep, args=(ready,))
+    stuck.start()
+    assert ready.wait(60)
+
+    class Interrupted:  # torch's ProcessContext, interrupted while waiting
+        processes = [stuck]
+
+        def join(self):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "RANK_CLEANUP_SECONDS", 1)
+    start = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            distributed._join_ranks(Interrupted())
+        assert not stuck.is_alive() and stuck.exitcode == -signal.SIGKILL
+        assert time.monotonic() - start < 30
+    finally:
+        stuck.kill()  # not left sleeping if the test fails
