@@ -186,7 +186,7 @@ def kill_once_training_starts(args: List[str], data_path: str) -> Tuple[int, str
     args = [*args, "--epochs=200", "--eval_step=1000"]  # no validation, so no checkpoint until epoch 200
     process = subprocess.Popen(
         [sys.executable, os.path.join(REPO_ROOT, "run_recbole_elastic.py"), *args],
-        cwd=os.path.dirname(data_path.rstrip(os.sep)) or ".",
+        cwd=data_path,  # RecBole's log folders land beside the data, not in a folder other tests share
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
