@@ -6,7 +6,8 @@
   ``-2``, ... after the time when a run in the same second has one), a name claimed by creating the file when
   training starts (RecBole only checks a name when the trainer is built, so two runs started in the same second
   would share one file), and a resumed run writes its own file (RecBole would keep saving into, and so replace,
-  the file it resumed from).
+  the file it resumed from). Each checkpoint also keeps the random state training goes on from, so a resumed
+  run trains the epochs an uninterrupted run would have (:mod:`recbole_elastic.random_state`).
 * :class:`DistributedElasticTrainer` is that trainer for distributed configs (``single_spec`` False). RecBole
   1.2.1 assumes CUDA and a shared clock; this trainer
 
@@ -55,6 +56,7 @@ from recbole_elastic.memory_guard import check_output_memory
 from recbole_elastic.optim import build_optimizer, prepare_sparse_gradients_for_ddp
 from recbole_elastic.optim import sync_grad_loss as sparse_aware_sync_grad_loss
 from recbole_elastic.process_group import broadcast_object, gather_object, parameter_digest
+from recbole_elastic.random_state import capture_random_state, restore_random_state
 from recbole_elastic.schedule import attach_schedule, learning_rate_schedule
 
 # One line per epoch on a quiet console (see quick_start.start_logging); RecBole's own lines go to the log file.
@@ -198,6 +200,8 @@ class RecordingMixin:
         self.checkpoint_stem = os.path.join(self.checkpoint_dir, f"{model_and_data}-{self.checkpoint_time()}")
         self.saved_model_file = f"{self.checkpoint_stem}.pth"  # the name wanted; claimed when training starts
         self._claimed_file: Optional[str] = None  # the empty file this process created to claim its name
+        self._train_data = None  # the loader fit() trains on, whose random state each checkpoint keeps
+        self._resumed_random_state: Optional[Dict[str, Any]] = None  # the resumed checkpoint's, until fit() starts
 
     def checkpoint_time(self) -> str:
         """The time in this run's checkpoint name: RecBole's, to the second."""
@@ -225,6 +229,7 @@ class RecordingMixin:
         never improves on it; the file resumed from is never written.
         """
         super().resume_checkpoint(resume_file)
+        self._resumed_random_state = load_checkpoint(resume_file, map_location="cpu").get("random_state")
         try:
             self.claim_checkpoint_file()  # RecBole points saved_model_file at the file resumed from: this run's own
             self._save_checkpoint(self.start_epoch - 1, verbose=False)
@@ -237,7 +242,9 @@ class RecordingMixin:
         try:
             # Inside the try: under DDP the claim ends in a collective, where a kill or a lost rank raises.
             self.claim_checkpoint_file()
+            self._train_data = train_data
             self._measure_restored_best(valid_data)
+            self._restore_random_state(train_data)
             result = super().fit(train_data, valid_data, *args, **kwargs)
         finally:
             self._release_unwritten_checkpoint()
@@ -254,6 +261,19 @@ class RecordingMixin:
         if getattr(self, "_resumed", False) and valid_data and self.eval_step > 0:
             self.best_valid_result = self.evaluate(valid_data, load_best_model=False, show_progress=False)
             self.logger.info(set_color("restored best valid", "blue") + f": {self.best_valid_result}")
+
+    def _restore_random_state(self, train_data) -> None:
+        """A resumed run's random streams, as the checkpoint left them, so that its epochs repeat those an
+        uninterrupted run would have trained (:mod:`recbole_elastic.random_state`)."""
+        if not getattr(self, "_resumed", False):
+            return
+        if self._resumed_random_state is None:
+            self.logger.info(
+                "The checkpoint keeps no random state (written by an older recbole-elastic): the resumed epochs draw "
+                "their batch order and dropout from the seed again, so they differ from an uninterrupted run's."
+            )
+            return
+        restore_random_state(self._resumed_random_state, train_data, process_wide=self.config["single_spec"])
 
     def _log_early_stop(self) -> None:
         """Say on the console that early stopping ended training (RecBole writes it to the log file only)."""
@@ -291,11 +311,26 @@ class RecordingMixin:
         self._epoch_line = None
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's checkpoint plus the random state training goes on from, written atomically."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return  # rank 0 writes, as in RecBole
         final = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {  # the keys of RecBole's Trainer._save_checkpoint, which its resume_checkpoint reads
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        if self._train_data is not None:
+            state["random_state"] = capture_random_state(self._train_data)
+        elif self._resumed_random_state is not None:  # a resume writes its restored state before fit() has a loader
+            state["random_state"] = self._resumed_random_state
         with atomic_path(final) as temporary:
-            super()._save_checkpoint(epoch, verbose=False, saved_model_file=temporary, **kwargs)
-            written = os.path.exists(temporary)  # only rank 0 writes in distributed runs
-        if written and verbose:
+            torch.save(state, temporary, pickle_protocol=4)
+        if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {final}")
 
     def run_record(self) -> Dict[str, Any]:

@@ -4,6 +4,7 @@ runs started in the same second write distinct checkpoints."""
 import hashlib
 import multiprocessing
 import os
+import shutil
 
 import pytest
 import torch
@@ -75,6 +76,37 @@ def test_elastic_memory_trains_with_lazy_adam_and_resumes_its_state(tiny_data):
     assert resumed["step"] == expected["step"] > 0
     assert torch.equal(resumed["exp_avg"], expected["exp_avg"]) and resumed["exp_avg"].abs().sum() > 0
     assert torch.equal(resumed["exp_avg_sq"], expected["exp_avg_sq"])
+
+
+@pytest.mark.parametrize(
+    "model_name, settings",
+    [
+        ("CausalSASRec", {"hidden_dropout_prob": 0.3, "attn_dropout_prob": 0.3}),  # packed windows, dropout
+        ("ELASTIC", {"loss_type": "BPR"}),  # RecBole's batches and negative sampler
+    ],
+)
+def test_a_resumed_run_trains_the_epochs_an_uninterrupted_run_trains(tiny_data, model_name, settings):
+    """Resumed from epoch 0's checkpoint, epochs 1 and 2 give the uninterrupted run's validation scores and weights,
+    bit for bit: batch order, window packing, dropout masks and negatives go on from where the checkpoint was."""
+
+    def build(epochs: int):
+        config = build_config(model_name, "tiny", config_dict=tiny_run_config(tiny_data, epochs=epochs, **settings))
+        _, train_data, valid_data, _, model = build_data_and_model(config)
+        return get_trainer(config)(config, model), train_data, valid_data
+
+    uninterrupted, train_data, valid_data = build(epochs=1)
+    uninterrupted.fit(train_data, valid_data)  # epoch 0, checkpointed (its first validation is the best so far)
+    checkpoint = shutil.copy(uninterrupted.saved_model_file, f"{uninterrupted.saved_model_file}.epoch0")
+    uninterrupted.epochs = 3
+    uninterrupted.start_epoch = 1
+    uninterrupted.fit(train_data, valid_data)  # epochs 1 and 2, in the same process
+
+    resumed, train_data, valid_data = build(epochs=3)  # a new process's state: seeded again, a fresh model
+    resumed.resume_checkpoint(checkpoint)
+    resumed.fit(train_data, valid_data)
+    assert resumed.valid_curve == uninterrupted.valid_curve[1:]
+    assert len(set(resumed.valid_curve)) > 1  # the epochs trained: scores moved
+    assert state_digest(resumed.model.state_dict()) == state_digest(uninterrupted.model.state_dict())
 
 
 def test_a_run_that_saves_nothing_leaves_no_file(tiny_data):
