@@ -109,6 +109,21 @@ def test_a_resumed_run_trains_the_epochs_an_uninterrupted_run_trains(tiny_data, 
     assert state_digest(resumed.model.state_dict()) == state_digest(uninterrupted.model.state_dict())
 
 
+def test_a_checkpoint_without_random_state_still_resumes_and_says_so(tiny_data, caplog):
+    """Checkpoints written before the random state was kept resume as before, from the seed's streams."""
+    first = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, epochs=1))["model_file"]
+    checkpoint = load_checkpoint(first)
+    del checkpoint["random_state"]
+    old = os.path.join(os.path.dirname(first), "old.pth")
+    torch.save(checkpoint, old)
+    with caplog.at_level("INFO"):
+        resumed = run("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data, epochs=2), checkpoint=old)
+    assert resumed["epochs"] == 1 and resumed["first_epoch"] == 1
+    assert "The checkpoint keeps no random state" in caplog.text
+    saved = load_checkpoint(resumed["model_file"])  # the restored state, or a better epoch 1 with its state
+    assert ("random_state" in saved) == (saved["epoch"] == 1)
+
+
 def test_a_run_that_saves_nothing_leaves_no_file(tiny_data):
     config = build_config("ELASTIC", "tiny", config_dict=tiny_run_config(tiny_data))
     _, train_data, valid_data, _, model = build_data_and_model(config)
