@@ -29,10 +29,8 @@ def capture_random_state(train_data: Any) -> Dict[str, Any]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    for name in LOADER_GENERATORS:
-        generator = getattr(train_data, name, None)
-        if isinstance(generator, torch.Generator):
-            state[name] = generator.get_state()
+    for name, generator in _loader_generators(train_data).items():
+        state[name] = generator.get_state()
     return state
 
 
@@ -42,9 +40,8 @@ def restore_random_state(state: Dict[str, Any], train_data: Any, process_wide: b
     In a distributed run the loader's generators are the same on every rank (saved by rank 0, restored on each),
     but each rank's process-wide generators are its own and only rank 0's are saved: pass ``process_wide=False``.
     """
-    for name in LOADER_GENERATORS:
-        generator = getattr(train_data, name, None)
-        if name in state and isinstance(generator, torch.Generator):
+    for name, generator in _loader_generators(train_data).items():
+        if name in state:
             generator.set_state(state[name])
     if not process_wide:
         return
@@ -53,3 +50,9 @@ def restore_random_state(state: Dict[str, Any], train_data: Any, process_wide: b
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _loader_generators(train_data: Any) -> Dict[str, torch.Generator]:
+    """Those of :data:`LOADER_GENERATORS` that ``train_data`` has (a loader without packing has no packing one)."""
+    found = {name: getattr(train_data, name, None) for name in LOADER_GENERATORS}
+    return {name: generator for name, generator in found.items() if isinstance(generator, torch.Generator)}
